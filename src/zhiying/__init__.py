@@ -1,0 +1,1 @@
+"""Zhiying (智营): closed-loop marketing operations."""

@@ -1,0 +1,1 @@
+"""The ``zhiying`` command line: one module per command group, mounted in ``main``."""

@@ -1,0 +1,53 @@
+"""The warehouse: the append-only event table and every analytical read.
+
+``open_warehouse(url)`` picks the engine from the URL:
+``duckdb://PATH`` (default), ``chdb://PATH`` (ClickHouse in-process) or
+``clickhouse://[user:password@]host:port/db`` (a ClickHouse server).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlparse
+
+from zhiying.warehouse.base import Warehouse, WarehouseError
+from zhiying.warehouse.schema import TABLES, create_table_sql
+
+
+def open_warehouse(url: str, *, read_only: bool = False, create: bool = True) -> Warehouse:
+    """Open the warehouse at ``url`` and (unless ``create`` is false) create missing tables."""
+    parsed = urlparse(url)
+    warehouse: Warehouse
+    if parsed.scheme == "duckdb":
+        from zhiying.warehouse.duckdb_engine import DuckDBWarehouse
+
+        warehouse = DuckDBWarehouse(url.removeprefix("duckdb://") or ":memory:", read_only=read_only)
+    elif parsed.scheme == "chdb":
+        from zhiying.warehouse.clickhouse_engine import ClickHouseWarehouse
+
+        warehouse = ClickHouseWarehouse.chdb(url.removeprefix("chdb://"))
+    elif parsed.scheme in ("clickhouse", "clickhouses"):
+        from zhiying.warehouse.clickhouse_engine import ClickHouseWarehouse
+
+        warehouse = ClickHouseWarehouse.server(
+            parsed.hostname or "localhost",
+            parsed.port or 8123,
+            parsed.path.lstrip("/") or "zhiying",
+            unquote(parsed.username or "default"),
+            unquote(parsed.password or ""),
+        )
+    else:
+        raise ValueError(
+            f"warehouse_url: unknown scheme {parsed.scheme!r}; use duckdb://, chdb:// or clickhouse://"
+        )
+    if create and not read_only:
+        ensure_tables(warehouse)
+    return warehouse
+
+
+def ensure_tables(warehouse: Warehouse) -> None:
+    """Create the warehouse tables that do not exist yet (idempotent)."""
+    for name, (schema, order_by) in TABLES.items():
+        warehouse.execute(create_table_sql(name, schema, warehouse.dialect, order_by))
+
+
+__all__ = ["Warehouse", "WarehouseError", "ensure_tables", "open_warehouse"]

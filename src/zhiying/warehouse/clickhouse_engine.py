@@ -1,0 +1,156 @@
+"""ClickHouse adapters: chdb (ClickHouse's engine in-process) and a server via clickhouse-connect.
+
+Both speak the same SQL, so one class holds the logic and two small runners
+differ only in how a statement reaches the engine.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from zhiying.warehouse.base import WarehouseError
+from zhiying.warehouse.schema import Dialect
+
+
+class _Runner(Protocol):
+    def command(self, sql: str) -> None: ...
+    def arrow(self, sql: str) -> pa.Table: ...
+    def insert_select(self, table: str, sql_with_batch: str, data: pa.Table) -> None: ...
+    def close(self) -> None: ...
+
+
+class _ChdbRunner:
+    def __init__(self, path: str, database: str) -> None:
+        from chdb import session
+
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self._session = session.Session(path)
+        self._session.query(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+        # Standard SQL outer joins (NULL, not the type's default, for no match),
+        # as ibis's ClickHouse backend also expects.
+        self._session.query("SET join_use_nulls = 1")
+        self._database = database
+        self._lock = threading.Lock()  # a chdb session is not safe across threads
+
+    def _q(self, sql: str, fmt: str = "CSV") -> Any:
+        with self._lock:
+            return self._session.query(f"USE `{self._database}`; {sql}", fmt)
+
+    def command(self, sql: str) -> None:
+        self._q(sql)
+
+    def arrow(self, sql: str) -> pa.Table:
+        result = self._q(sql, "ArrowTable")
+        assert isinstance(result, pa.Table)
+        return result
+
+    def insert_select(self, table: str, sql_with_batch: str, data: pa.Table) -> None:
+        # chdb's Python() table function reads a local variable by name.
+        batch = data  # noqa: F841 - read by chdb through Python(batch)
+        with self._lock:
+            self._session.query(
+                f"USE `{self._database}`; " + sql_with_batch.replace("__batch", "Python(batch)")
+            )
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class _ServerRunner:
+    def __init__(self, host: str, port: int, database: str, username: str, password: str) -> None:
+        import clickhouse_connect
+
+        admin = clickhouse_connect.get_client(
+            host=host, port=port, username=username, password=password
+        )
+        admin.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+        admin.close()
+        self._client = clickhouse_connect.get_client(
+            host=host,
+            port=port,
+            username=username,
+            password=password,
+            database=database,
+            settings={"join_use_nulls": 1},
+        )
+
+    def command(self, sql: str) -> None:
+        self._client.command(sql)
+
+    def arrow(self, sql: str) -> pa.Table:
+        result = self._client.query_arrow(sql)
+        assert isinstance(result, pa.Table)
+        return result
+
+    def insert_select(self, table: str, sql_with_batch: str, data: pa.Table) -> None:
+        # A server cannot read our memory: stage the batch in a temporary table
+        # shaped like the target's columns, then insert from it in one statement.
+        stage = "__zhiying_stage"
+        cols = ", ".join(f"`{name}`" for name in data.column_names)
+        self._client.command(f"DROP TEMPORARY TABLE IF EXISTS {stage}")
+        self._client.command(
+            f"CREATE TEMPORARY TABLE {stage} ENGINE = Memory AS SELECT {cols} FROM `{table}` WHERE 0"
+        )
+        self._client.insert_arrow(stage, data)
+        self._client.command(sql_with_batch.replace("__batch", stage))
+        self._client.command(f"DROP TEMPORARY TABLE IF EXISTS {stage}")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class ClickHouseWarehouse:
+    dialect: Dialect = "clickhouse"
+
+    def __init__(self, url: str, runner: _Runner) -> None:
+        self.url = url
+        self._runner = runner
+
+    @classmethod
+    def chdb(cls, path: str, database: str = "zhiying") -> ClickHouseWarehouse:
+        return cls(f"chdb://{path}", _ChdbRunner(path, database))
+
+    @classmethod
+    def server(
+        cls, host: str, port: int, database: str, username: str = "default", password: str = ""
+    ) -> ClickHouseWarehouse:
+        return cls(
+            f"clickhouse://{host}:{port}/{database}",
+            _ServerRunner(host, port, database, username, password),
+        )
+
+    def execute(self, sql: str) -> None:
+        try:
+            self._runner.command(sql)
+        except Exception as exc:
+            raise WarehouseError(str(exc), sql) from exc
+
+    def query(self, sql: str) -> pa.Table:
+        try:
+            return self._runner.arrow(sql)
+        except Exception as exc:
+            raise WarehouseError(str(exc), sql) from exc
+
+    def insert(self, table: str, data: pa.Table) -> int:
+        cols = ", ".join(f"`{name}`" for name in data.column_names)
+        return self.insert_select(table, data, f"SELECT {cols} FROM __batch")
+
+    def insert_select(self, table: str, data: pa.Table, select_sql: str) -> int:
+        cols = ", ".join(f"`{name}`" for name in data.column_names)
+        sql = f"INSERT INTO `{table}` ({cols}) {select_sql}"
+        before = self._count(table)
+        try:
+            self._runner.insert_select(table, sql, data)
+        except Exception as exc:
+            raise WarehouseError(str(exc), sql) from exc
+        return self._count(table) - before
+
+    def _count(self, table: str) -> int:
+        return int(self.query(f"SELECT count() AS n FROM `{table}`").column("n")[0].as_py())
+
+    def close(self) -> None:
+        self._runner.close()

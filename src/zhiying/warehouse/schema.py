@@ -1,0 +1,149 @@
+"""The warehouse's tables, defined once as Arrow schemas and rendered as DDL per dialect.
+
+The event table types the Segment-spec fields that rules use (e-commerce
+``products``, ``revenue``, ``order_id``, ``coupon``) and keeps the rest as JSON
+text (``properties``, ``traits``, ``context``): typed columns compile through
+ibis to every dialect, JSON does not (see DESIGN.md).
+
+Timestamps are naive microsecond values meaning UTC on every engine.
+Money (``revenue``, product ``price``) is ``DECIMAL(18, 2)`` in currency units,
+never float.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pyarrow as pa
+
+Dialect = Literal["duckdb", "clickhouse"]
+
+MONEY = pa.decimal128(18, 2)
+TS = pa.timestamp("us")
+
+PRODUCT = pa.struct(
+    [
+        pa.field("product_id", pa.string()),
+        pa.field("sku", pa.string()),
+        pa.field("name", pa.string()),
+        pa.field("brand", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("price", MONEY),
+        pa.field("quantity", pa.int32()),
+        pa.field("coupon", pa.string()),
+    ]
+)
+
+IDENTIFIER = pa.struct([pa.field("kind", pa.string()), pa.field("value", pa.string())])
+
+EVENTS = pa.schema(
+    [
+        pa.field("message_id", pa.string(), nullable=False),
+        pa.field("type", pa.string(), nullable=False),  # track|identify|page|screen|group|alias
+        pa.field("event", pa.string()),  # track: event name
+        pa.field("name", pa.string()),  # page/screen: name
+        pa.field("user_id", pa.string()),
+        pa.field("anonymous_id", pa.string()),
+        pa.field("one_id", pa.string()),  # ONE_ID at ingest; current owner via one_id_aliases
+        pa.field("timestamp", TS, nullable=False),
+        pa.field("received_at", TS, nullable=False),
+        pa.field("sent_at", TS),
+        pa.field("original_timestamp", TS),
+        pa.field("source", pa.string()),  # write key id or "import:<file>"
+        pa.field("channel", pa.string()),  # app|web|mini_program|wechat|store|server|...
+        pa.field("order_id", pa.string()),
+        pa.field("revenue", MONEY),
+        pa.field("currency", pa.string()),
+        pa.field("coupon", pa.string()),
+        pa.field("products", pa.list_(PRODUCT)),
+        pa.field("group_id", pa.string()),
+        pa.field("previous_id", pa.string()),
+        pa.field("identifiers", pa.list_(IDENTIFIER)),  # normalised: phone, email, openid, ...
+        pa.field("properties", pa.string()),  # JSON text
+        pa.field("traits", pa.string()),  # JSON text (identify/group)
+        pa.field("context", pa.string()),  # JSON text
+    ]
+)
+
+# Maps every ONE_ID that was merged away to the ONE_ID that owns it now, so
+# events stored before a merge belong to the merged user without rewriting them.
+ONE_ID_ALIASES = pa.schema(
+    [
+        pa.field("alias", pa.string(), nullable=False),
+        pa.field("one_id", pa.string(), nullable=False),
+    ]
+)
+
+TABLES: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
+    # name: (schema, ClickHouse ORDER BY key)
+    "events": (EVENTS, ("received_at",)),
+    "one_id_aliases": (ONE_ID_ALIASES, ("alias",)),
+}
+
+
+def _duckdb_type(t: pa.DataType) -> str:
+    if pa.types.is_string(t):
+        return "VARCHAR"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP"
+    if pa.types.is_decimal(t):
+        return f"DECIMAL({t.precision}, {t.scale})"
+    if pa.types.is_int32(t):
+        return "INTEGER"
+    if pa.types.is_int64(t):
+        return "BIGINT"
+    if pa.types.is_float64(t):
+        return "DOUBLE"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_date32(t):
+        return "DATE"
+    if pa.types.is_list(t):
+        return f"{_duckdb_type(t.value_type)}[]"
+    if pa.types.is_struct(t):
+        inner = ", ".join(f'"{f.name}" {_duckdb_type(f.type)}' for f in t)
+        return f"STRUCT({inner})"
+    raise TypeError(f"no DuckDB type for {t}")
+
+
+def _clickhouse_type(t: pa.DataType, nullable: bool) -> str:
+    def wrap(name: str) -> str:
+        return f"Nullable({name})" if nullable else name
+
+    if pa.types.is_string(t):
+        return wrap("String")
+    if pa.types.is_timestamp(t):
+        return wrap("DateTime64(6, 'UTC')")
+    if pa.types.is_decimal(t):
+        return wrap(f"Decimal({t.precision}, {t.scale})")
+    if pa.types.is_int32(t):
+        return wrap("Int32")
+    if pa.types.is_int64(t):
+        return wrap("Int64")
+    if pa.types.is_float64(t):
+        return wrap("Float64")
+    if pa.types.is_boolean(t):
+        return wrap("Bool")
+    if pa.types.is_date32(t):
+        return wrap("Date32")
+    if pa.types.is_list(t):
+        # ClickHouse arrays cannot be Nullable; an absent list is empty.
+        return f"Array({_clickhouse_type(t.value_type, nullable=False)})"
+    if pa.types.is_struct(t):
+        inner = ", ".join(f"{f.name} {_clickhouse_type(f.type, nullable=True)}" for f in t)
+        return f"Tuple({inner})"
+    raise TypeError(f"no ClickHouse type for {t}")
+
+
+def create_table_sql(name: str, schema: pa.Schema, dialect: Dialect, order_by: tuple[str, ...]) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for ``schema`` in ``dialect``."""
+    if dialect == "duckdb":
+        cols = ",\n  ".join(
+            f'"{f.name}" {_duckdb_type(f.type)}' + ("" if f.nullable else " NOT NULL") for f in schema
+        )
+        return f'CREATE TABLE IF NOT EXISTS "{name}" (\n  {cols}\n)'
+    cols = ",\n  ".join(f"`{f.name}` {_clickhouse_type(f.type, f.nullable)}" for f in schema)
+    key = ", ".join(f"`{c}`" for c in order_by)
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{name}` (\n  {cols}\n) ENGINE = MergeTree ORDER BY ({key})"
+    )
