@@ -52,8 +52,15 @@ def clock() -> ManualClock:
     return ManualClock(datetime(2026, 11, 1, 9, 0, tzinfo=UTC))
 
 
-def make_stores(tmp_path: Path, clock: ManualClock, database_url: str | None = None, warehouse_url: str | None = None) -> Stores:
-    settings = Settings(data_dir=tmp_path / "data", database_url=database_url, warehouse_url=warehouse_url)
+def make_stores(
+    tmp_path: Path,
+    clock: ManualClock,
+    database_url: str | None = None,
+    warehouse_url: str | None = None,
+) -> Stores:
+    settings = Settings(
+        data_dir=tmp_path / "data", database_url=database_url, warehouse_url=warehouse_url
+    )
     return open_stores(settings, clock=clock)
 
 

@@ -52,13 +52,23 @@ class PgServer:
     def create_database(self, name: str) -> str:
         import psycopg
 
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as conn:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
     def stop(self) -> None:
         subprocess.run(
-            [*self.as_user, _pg_bin("pg_ctl") or "pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "stop"],
+            [
+                *self.as_user,
+                _pg_bin("pg_ctl") or "pg_ctl",
+                "-D",
+                str(self.root / "data"),
+                "-m",
+                "immediate",
+                "stop",
+            ],
             capture_output=True,
             check=False,
         )
@@ -74,13 +84,39 @@ def start() -> PgServer:
     port = _free_port()
     data = root / "data"
     subprocess.run(
-        [*as_user, _pg_bin("initdb") or "initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"],
+        [
+            *as_user,
+            _pg_bin("initdb") or "initdb",
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ],
         check=True,
         capture_output=True,
     )
-    opts = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root} -c fsync=off -c max_connections=300 -c shared_buffers=128MB"
+    opts = (
+        f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root} "
+        "-c fsync=off -c max_connections=300 -c shared_buffers=128MB"
+    )
     subprocess.run(
-        [*as_user, _pg_bin("pg_ctl") or "pg_ctl", "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"],
+        [
+            *as_user,
+            _pg_bin("pg_ctl") or "pg_ctl",
+            "-D",
+            str(data),
+            "-o",
+            opts,
+            "-l",
+            str(root / "log"),
+            "-w",
+            "start",
+        ],
         check=True,
         capture_output=True,
     )

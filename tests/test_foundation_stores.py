@@ -25,16 +25,27 @@ def test_created_key_verifies_and_only_its_hash_is_stored(ops_stores: Stores) ->
 
 def _event(message_id: str, one_id: str) -> dict[str, object]:
     at = datetime(2026, 11, 1, 9, 0)
-    return {"message_id": message_id, "type": "track", "event": "Order Completed", "one_id": one_id,
-            "timestamp": at, "received_at": at, "identifiers": []}
+    return {
+        "message_id": message_id,
+        "type": "track",
+        "event": "Order Completed",
+        "one_id": one_id,
+        "timestamp": at,
+        "received_at": at,
+        "identifiers": [],
+    }
 
 
 def test_repeated_message_id_is_stored_once_and_aliases_move_events(wh_stores: Stores) -> None:
     wh = wh_stores.warehouse
-    batch = pa.Table.from_pylist([_event("m1", "a"), _event("m1", "a"), _event("m2", "b")], schema=EVENTS)
+    batch = pa.Table.from_pylist(
+        [_event("m1", "a"), _event("m1", "a"), _event("m2", "b")], schema=EVENTS
+    )
     since = datetime(2026, 10, 1, tzinfo=UTC)
     assert append_events(wh, batch, since) == 2
     assert append_events(wh, batch, since) == 0
     replace_aliases(wh, [("a", "b")])
-    rows = wh.query(f"SELECT person_id, count(*) AS n FROM ({RESOLVED_EVENTS_SQL}) r GROUP BY person_id").to_pylist()
+    rows = wh.query(
+        f"SELECT person_id, count(*) AS n FROM ({RESOLVED_EVENTS_SQL}) r GROUP BY person_id"
+    ).to_pylist()
     assert rows == [{"person_id": "b", "n": 2}]

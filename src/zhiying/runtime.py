@@ -36,4 +36,6 @@ def open_stores(settings: Settings, *, clock: Clock | None = None, migrate: bool
         upgrade(url)
     engine = make_engine(url)
     warehouse = open_warehouse(settings.resolved_warehouse_url())
-    return Stores(settings=settings, engine=engine, warehouse=warehouse, clock=clock or SystemClock())
+    return Stores(
+        settings=settings, engine=engine, warehouse=warehouse, clock=clock or SystemClock()
+    )

@@ -60,7 +60,9 @@ def require_admin(request: Request, stores: StoresDep) -> ApiKey:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(
-            401, "missing admin key: send Authorization: Bearer KEY", headers={"WWW-Authenticate": "Bearer"}
+            401,
+            "missing admin key: send Authorization: Bearer KEY",
+            headers={"WWW-Authenticate": "Bearer"},
         )
     key = verify_key(stores.engine, token.strip())
     if key is None:

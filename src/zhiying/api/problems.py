@@ -45,16 +45,30 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ZhiyingError)
     async def _domain(_: Request, exc: ZhiyingError) -> Response:
         errors = [{"field": exc.field, "reason": exc.message, **exc.details}] if exc.field else None
-        return problem(exc.status, exc.code.replace("_", " "), exc.message, code=exc.code, errors=errors)
+        return problem(
+            exc.status, exc.code.replace("_", " "), exc.message, code=exc.code, errors=errors
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
         errors = [
             {"field": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors()
         ]
-        return problem(422, "invalid request", "the request did not validate", code="validation_failed", errors=errors)
+        return problem(
+            422,
+            "invalid request",
+            "the request did not validate",
+            code="validation_failed",
+            errors=errors,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         headers = dict(exc.headers) if exc.headers else None
-        return problem(exc.status_code, str(exc.detail), str(exc.detail), code=f"http_{exc.status_code}", headers=headers)
+        return problem(
+            exc.status_code,
+            str(exc.detail),
+            str(exc.detail),
+            code=f"http_{exc.status_code}",
+            headers=headers,
+        )

@@ -12,7 +12,7 @@ app = typer.Typer(help="Operational store (SQLite / PostgreSQL) schema.", no_arg
 
 
 @app.command()
-def upgrade(revision: str = typer.Argument("head", help="Alembic revision to reach.")) -> None:
+def upgrade(revision: str = typer.Argument("heads", help="Alembic revision to reach.")) -> None:
     """Apply Alembic migrations to ZHIYING_DATABASE_URL."""
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,13 @@ def list_() -> None:
         rows = list_keys(stores.engine)
     table = Table("key id", "kind", "name", "created", "revoked")
     for r in rows:
-        table.add_row(str(r["key_id"]), str(r["kind"]), str(r["name"]), str(r["created_at"]), str(r["revoked_at"] or ""))
+        table.add_row(
+            str(r["key_id"]),
+            str(r["kind"]),
+            str(r["name"]),
+            str(r["created_at"]),
+            str(r["revoked_at"] or ""),
+        )
     console.print(table)
 
 

@@ -46,6 +46,9 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Apply Alembic migrations up to ``revision`` (idempotent)."""
+def upgrade(url: str, revision: str = "heads") -> None:
+    """Apply Alembic migrations up to ``revision`` (idempotent).
+
+    Each package's migrations branch from ``0001_foundation``; ``heads`` applies them all.
+    """
     command.upgrade(alembic_config(url), revision)

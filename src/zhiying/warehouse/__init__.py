@@ -20,7 +20,9 @@ def open_warehouse(url: str, *, read_only: bool = False, create: bool = True) ->
     if parsed.scheme == "duckdb":
         from zhiying.warehouse.duckdb_engine import DuckDBWarehouse
 
-        warehouse = DuckDBWarehouse(url.removeprefix("duckdb://") or ":memory:", read_only=read_only)
+        warehouse = DuckDBWarehouse(
+            url.removeprefix("duckdb://") or ":memory:", read_only=read_only
+        )
     elif parsed.scheme == "chdb":
         from zhiying.warehouse.clickhouse_engine import ClickHouseWarehouse
 

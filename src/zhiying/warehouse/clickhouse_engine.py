@@ -25,10 +25,11 @@ class _Runner(Protocol):
 
 class _ChdbRunner:
     def __init__(self, path: str, database: str) -> None:
-        from chdb import session
+        import chdb.session
 
         Path(path).mkdir(parents=True, exist_ok=True)
-        self._session = session.Session(path)
+        make_session: Any = chdb.session.Session  # chdb ships no type hints
+        self._session: Any = make_session(path)
         self._session.query(f"CREATE DATABASE IF NOT EXISTS `{database}`")
         # Standard SQL outer joins (NULL, not the type's default, for no match),
         # as ibis's ClickHouse backend also expects.
@@ -93,7 +94,8 @@ class _ServerRunner:
         cols = ", ".join(f"`{name}`" for name in data.column_names)
         self._client.command(f"DROP TEMPORARY TABLE IF EXISTS {stage}")
         self._client.command(
-            f"CREATE TEMPORARY TABLE {stage} ENGINE = Memory AS SELECT {cols} FROM `{table}` WHERE 0"
+            f"CREATE TEMPORARY TABLE {stage} ENGINE = Memory "
+            f"AS SELECT {cols} FROM `{table}` WHERE 0"
         )
         self._client.insert_arrow(stage, data)
         self._client.command(sql_with_batch.replace("__batch", stage))

@@ -74,10 +74,60 @@ ONE_ID_ALIASES = pa.schema(
     ]
 )
 
+# Every trait a person was given (identify, user import), one row per key, so
+# "current value of trait city" is an arg-max over typed columns instead of
+# JSON extraction (which does not compile to ClickHouse through ibis).
+# ``value`` is the JSON-free text form; ``number`` is set when the value is numeric.
+TRAIT_UPDATES = pa.schema(
+    [
+        pa.field("one_id", pa.string(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("value", pa.string()),
+        pa.field("number", pa.float64()),
+        pa.field("timestamp", TS, nullable=False),
+        pa.field("message_id", pa.string(), nullable=False),
+    ]
+)
+
+# Current value of every computed tag (replaced per tag at each refresh).
+TAG_VALUES = pa.schema(
+    [
+        pa.field("one_id", pa.string(), nullable=False),
+        pa.field("tag", pa.string(), nullable=False),
+        pa.field("value", pa.string()),
+        pa.field("number", pa.float64()),
+        pa.field("computed_at", TS, nullable=False),
+    ]
+)
+
+# Layer assignment of every user as of a date (lifecycle, value x frequency, ...).
+LAYER_VALUES = pa.schema(
+    [
+        pa.field("one_id", pa.string(), nullable=False),
+        pa.field("layer", pa.string(), nullable=False),
+        pa.field("value", pa.string(), nullable=False),
+        pa.field("as_of", TS, nullable=False),
+    ]
+)
+
+# Membership snapshots of materialised segments.
+SEGMENT_MEMBERS = pa.schema(
+    [
+        pa.field("segment_id", pa.string(), nullable=False),
+        pa.field("one_id", pa.string(), nullable=False),
+        pa.field("snapshot_at", TS, nullable=False),
+    ]
+)
+
 TABLES: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
     # name: (schema, ClickHouse ORDER BY key)
     "events": (EVENTS, ("received_at",)),
     "one_id_aliases": (ONE_ID_ALIASES, ("alias",)),
+    "trait_updates": (TRAIT_UPDATES, ("one_id", "key", "timestamp")),
+    "tag_values": (TAG_VALUES, ("tag", "one_id")),
+    "tag_history": (TAG_VALUES, ("tag", "one_id", "computed_at")),
+    "layer_values": (LAYER_VALUES, ("layer", "as_of", "one_id")),
+    "segment_members": (SEGMENT_MEMBERS, ("segment_id", "snapshot_at", "one_id")),
 }
 
 
@@ -135,15 +185,16 @@ def _clickhouse_type(t: pa.DataType, nullable: bool) -> str:
     raise TypeError(f"no ClickHouse type for {t}")
 
 
-def create_table_sql(name: str, schema: pa.Schema, dialect: Dialect, order_by: tuple[str, ...]) -> str:
+def create_table_sql(
+    name: str, schema: pa.Schema, dialect: Dialect, order_by: tuple[str, ...]
+) -> str:
     """``CREATE TABLE IF NOT EXISTS`` for ``schema`` in ``dialect``."""
     if dialect == "duckdb":
         cols = ",\n  ".join(
-            f'"{f.name}" {_duckdb_type(f.type)}' + ("" if f.nullable else " NOT NULL") for f in schema
+            f'"{f.name}" {_duckdb_type(f.type)}' + ("" if f.nullable else " NOT NULL")
+            for f in schema
         )
         return f'CREATE TABLE IF NOT EXISTS "{name}" (\n  {cols}\n)'
     cols = ",\n  ".join(f"`{f.name}` {_clickhouse_type(f.type, f.nullable)}" for f in schema)
     key = ", ".join(f"`{c}`" for c in order_by)
-    return (
-        f"CREATE TABLE IF NOT EXISTS `{name}` (\n  {cols}\n) ENGINE = MergeTree ORDER BY ({key})"
-    )
+    return f"CREATE TABLE IF NOT EXISTS `{name}` (\n  {cols}\n) ENGINE = MergeTree ORDER BY ({key})"

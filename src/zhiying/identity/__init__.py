@@ -1,0 +1,1 @@
+"""ONE_ID: every identifier of a person (user id, device, phone, email, WeChat ids) → one user."""
