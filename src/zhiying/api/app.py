@@ -18,7 +18,16 @@ from zhiying.runtime import Stores
 def create_app(stores: Stores) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
+        # Ingestion's group-commit writer: one thread stores what /v1 requests queue.
+        from zhiying.ingest.writer import EventWriter
+
+        app.state.event_writer = EventWriter(stores)
+        app.state.event_writer.start()
+        try:
+            yield
+        finally:
+            app.state.event_writer.stop()
+            app.state.event_writer = None
 
     app = FastAPI(
         title="Zhiying (智营)",
@@ -56,6 +65,8 @@ def _routers() -> list:  # type: ignore[type-arg]
 ROUTER_MODULES = [
     "zhiying.ingest.api",
     "zhiying.profiles.api",
+    "zhiying.profiles.tags.api",
+    "zhiying.profiles.layers.api",
     "zhiying.segments.api",
     "zhiying.coupons.api",
 ]

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from zhiying.cli import db, keys, serve
+from zhiying.cli import coupons as coupons_cli
+from zhiying.cli import db, importer, keys, serve
+from zhiying.cli import demo as demo_cli
+from zhiying.cli import profiles as profiles_cli
+from zhiying.cli import segments as segments_cli
+from zhiying.cli import tags as tags_cli
 
 app = typer.Typer(
     name="zhiying",
@@ -14,7 +19,15 @@ app = typer.Typer(
 )
 app.add_typer(db.app, name="db")
 app.add_typer(keys.app, name="keys")
+app.add_typer(coupons_cli.app, name="coupons")
+app.add_typer(importer.app, name="import")
+app.add_typer(profiles_cli.profile_app, name="profile")
+app.add_typer(profiles_cli.events_app, name="events")
+app.add_typer(tags_cli.tags_app, name="tags")
+app.add_typer(tags_cli.layers_app, name="layers")
+app.add_typer(segments_cli.app, name="segment")
 app.command()(serve.serve)
+app.command()(demo_cli.demo)
 
 
 if __name__ == "__main__":

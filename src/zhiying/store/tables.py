@@ -117,3 +117,216 @@ traits = sa.Table(
     sa.Column("value", sa.JSON, nullable=True),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
 )
+
+# --- identity: idempotency keys (migration 0002_identity) --------------------------
+
+# A ONE_ID is merged away once; a conflict is recorded once per pair, identifier and rule.
+sa.Index("uq_identity_merges_loser", merges.c.loser, unique=True)
+sa.Index(
+    "uq_identity_conflicts_pair",
+    identity_conflicts.c.one_id,
+    identity_conflicts.c.other_one_id,
+    identity_conflicts.c.kind,
+    identity_conflicts.c.value,
+    identity_conflicts.c.rule,
+    unique=True,
+)
+
+# --- tags and layers (migration 0002_tags) ----------------------------------------
+
+# One row per tag; ``definition`` is the validated pydantic model as JSON.
+# ``last_as_of`` is the instant of the tag's latest successful refresh (the
+# scheduler compares it with the tag's period).
+tag_definitions = sa.Table(
+    "tag_definitions",
+    metadata,
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("definition", sa.JSON, nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.Column("last_as_of", UtcDateTime(), nullable=True),
+)
+
+# Every refresh (manual, API or scheduled): what ran, as of when, how it ended.
+tag_refresh_runs = sa.Table(
+    "tag_refresh_runs",
+    metadata,
+    sa.Column("run_id", sa.String(32), primary_key=True),
+    sa.Column("as_of", UtcDateTime(), nullable=False, index=True),
+    sa.Column("trigger", sa.String(16), nullable=False),  # cli | api | schedule
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # running | succeeded | failed
+    sa.Column("rows", sa.BigInteger, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("started_at", UtcDateTime(), nullable=False),
+    sa.Column("finished_at", UtcDateTime(), nullable=True),
+)
+
+# Rules of a built-in layer when they differ from the documented defaults.
+layer_definitions = sa.Table(
+    "layer_definitions",
+    metadata,
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("rules", sa.JSON, nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# One computation of one layer as of one instant: recomputing replaces it, so
+# (layer, as_of) is unique. ``counts`` is the distribution; ``rules`` the rules used.
+layer_runs = sa.Table(
+    "layer_runs",
+    metadata,
+    sa.Column("layer", sa.String(63), primary_key=True),
+    sa.Column("as_of", UtcDateTime(), primary_key=True),
+    sa.Column("rules", sa.JSON, nullable=False),
+    sa.Column("counts", sa.JSON, nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("computed_at", UtcDateTime(), nullable=False),
+)
+
+# --- coupons ----------------------------------------------------------------------
+# A coupon's state changes only by a conditional UPDATE on its row (state, version);
+# template counters only by ``UPDATE … WHERE issued_count + n <= quantity`` and the CHECK
+# constraints below, so quantities and budgets hold under any concurrency.
+
+coupon_templates = sa.Table(
+    "coupon_templates",
+    metadata,
+    sa.Column("template_id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # active | paused | archived
+    sa.Column("face_value", sa.BigInteger, nullable=True),  # minor units; None = unbounded
+    sa.Column("quantity", sa.BigInteger, nullable=True),
+    sa.Column("budget", sa.BigInteger, nullable=True),  # minor units of face value
+    sa.Column("issued_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("budget_committed", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("redeemed_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("discount_spent", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.CheckConstraint("quantity IS NULL OR issued_count <= quantity", name="quantity"),
+    sa.CheckConstraint("budget IS NULL OR budget_committed <= budget", name="budget"),
+)
+
+coupons = sa.Table(
+    "coupons",
+    metadata,
+    sa.Column("code", sa.String(32), primary_key=True),
+    sa.Column("template_id", sa.String(40), nullable=False),
+    sa.Column("one_id", sa.String(40), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # issued|locked|redeemed|expired|voided
+    sa.Column("face_value", sa.BigInteger, nullable=True),
+    sa.Column("issued_at", UtcDateTime(), nullable=False),
+    sa.Column("valid_from", UtcDateTime(), nullable=False),
+    sa.Column("valid_until", UtcDateTime(), nullable=False),
+    sa.Column("issuance_key", sa.String(200), nullable=True, unique=True),
+    sa.Column("batch_id", sa.String(64), nullable=True),
+    sa.Column("version", sa.Integer, nullable=False),  # = seq of its last ledger row
+    sa.Column("order_id", sa.String(200), nullable=True),
+    sa.Column("lock_expires_at", UtcDateTime(), nullable=True),
+    sa.Column("discount", sa.BigInteger, nullable=True),  # minor units, set at lock
+    sa.Column("allocations", sa.JSON, nullable=True),  # {"lines": {line_id: n}, "shipping": n}
+    sa.Column("redeemed_at", UtcDateTime(), nullable=True),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+    sa.Index("ix_coupons_one_id_template_id", "one_id", "template_id"),
+    sa.Index("ix_coupons_state_valid_until", "state", "valid_until"),
+    sa.Index("ix_coupons_order_id", "order_id"),
+)
+
+coupon_ledger = sa.Table(
+    "coupon_ledger",
+    metadata,
+    sa.Column("code", sa.String(32), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("template_id", sa.String(40), nullable=False),
+    sa.Column("one_id", sa.String(40), nullable=False),
+    # issued | locked | released | redeemed | refunded | voided | expired
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("from_state", sa.String(16), nullable=True),
+    sa.Column("to_state", sa.String(16), nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Column("order_id", sa.String(200), nullable=True),
+    sa.Column("amount", sa.BigInteger, nullable=True),  # face value or discount, minor units
+    sa.Column("reason", sa.String(300), nullable=False, server_default=""),
+    sa.Column("request_key", sa.String(200), nullable=True),
+    sa.Column("batch_id", sa.String(64), nullable=True),
+    # The ledger is the outbox of the warehouse's coupon events.
+    sa.Column("published", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index(
+        "ix_coupon_ledger_unpublished",
+        "published",
+        sqlite_where=sa.text("published = 0"),
+        postgresql_where=sa.text("published = false"),
+    ),
+)
+
+coupon_requests = sa.Table(
+    "coupon_requests",
+    metadata,
+    sa.Column("idempotency_key", sa.String(200), primary_key=True),
+    sa.Column("operation", sa.String(32), nullable=False),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("response", sa.JSON, nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+)
+
+coupon_marks = sa.Table(
+    "coupon_marks",
+    metadata,
+    sa.Column(
+        "mark_id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("template_id", sa.String(40), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # claim | redeem
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("value_hash", sa.String(64), nullable=False),  # sha256, never the raw value
+    sa.Column("one_id", sa.String(40), nullable=False),
+    sa.Column("code", sa.String(32), nullable=False),
+    sa.Column("at", UtcDateTime(), nullable=False),
+    sa.Index("ix_coupon_marks_rule", "template_id", "action", "kind", "value_hash", "at"),
+)
+
+coupon_blocks = sa.Table(
+    "coupon_blocks",
+    metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("value_hash", sa.String(64), primary_key=True),
+    sa.Column("reason", sa.String(300), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# --- segments -----------------------------------------------------------------------
+
+segments = sa.Table(
+    "segments",
+    metadata,
+    sa.Column("segment_id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("rule", sa.JSON, nullable=False),
+    # Materialise every N minutes (a worker calls ``materialise_due``); NULL: on demand only.
+    sa.Column("refresh_every_minutes", sa.Integer, nullable=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# One row per completed membership snapshot; the members themselves are in the
+# warehouse table ``segment_members`` under the same (segment_id, snapshot_at).
+segment_snapshots = sa.Table(
+    "segment_snapshots",
+    metadata,
+    sa.Column("segment_id", sa.String(40), primary_key=True),
+    sa.Column("snapshot_at", UtcDateTime(), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("member_count", sa.Integer, nullable=False),
+    sa.Column("entered", sa.Integer, nullable=False),
+    sa.Column("exited", sa.Integer, nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+)

@@ -1,0 +1,158 @@
+"""Bulk import speed: N realistic events from Parquet and from JSONL, end to end.
+
+    .venv/bin/python -m bench.bulk_import [N]        (default N = 5,000,000)
+
+Generates N events (≈ 200k users; 55 % track with products on orders, 35 % page,
+10 % identify with an e-mail trait) into a temporary directory as Parquet and as
+JSONL, imports each into a fresh store through ``zhiying.ingest.bulk.import_file``
+and prints events/s. Printed beside them, measured in the same run:
+
+* floor — the raw DuckDB insert of the same rows (the Parquet file read into
+  Arrow and inserted into a table of the same columns, no validation, no identity);
+* validate — our read + map + validate SQL alone (no ``store_events``), which
+  separates our cost from the store path's.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from zhiying.clock import ManualClock
+from zhiying.config import Settings
+from zhiying.ingest import bulk
+from zhiying.ingest.bulk import check_file, import_file
+from zhiying.runtime import open_stores
+
+USERS = 200_000
+NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+
+
+def generate(n: int, out: Path) -> tuple[Path, Path]:
+    """Write ``n`` events as Parquet and JSONL (same rows) with DuckDB."""
+    con = duckdb.connect()
+    con.execute(
+        f"""
+        CREATE TABLE ev AS
+        WITH b AS (
+          SELECT range AS i, hash(range) AS h, (hash(range * 7 + 1) % 1000) / 1000.0 AS r,
+                 'u' || lpad((hash(range * 13 + 5) % {USERS})::VARCHAR, 6, '0') AS uid
+          FROM range({n})
+        )
+        SELECT
+          'msg-' || i AS messageId,
+          CASE WHEN r < 0.55 THEN 'track' WHEN r < 0.9 THEN 'page' ELSE 'identify' END AS type,
+          CASE WHEN r < 0.05 THEN 'Order Completed' WHEN r < 0.3 THEN 'Product Viewed'
+               WHEN r < 0.55 THEN 'Product Added' END AS event,
+          CASE WHEN r >= 0.55 AND r < 0.9 THEN 'Home' END AS name,
+          CASE WHEN r >= 0.9 OR h % 10 < 8 THEN uid END AS userId,
+          'anon-' || (h % 400000) AS anonymousId,
+          strftime(TIMESTAMP '2026-01-01' + to_seconds((h % 25000000)::BIGINT),
+                   '%Y-%m-%dT%H:%M:%S.000Z') AS timestamp,
+          CASE WHEN r < 0.05 THEN json_object(
+                 'order_id', 'o-' || i,
+                 'revenue', ((h % 50000) / 100.0)::DECIMAL(18, 2),
+                 'currency', 'CNY',
+                 'products', json_array(
+                    json_object('product_id', 'p' || (h % 5000), 'price', 19.90,
+                                'quantity', 1 + h % 3, 'brand', 'Shiseido'),
+                    json_object('product_id', 'p' || (h % 777), 'price', 5.5, 'quantity', 1)))
+               WHEN r < 0.55 THEN json_object('product_id', 'p' || (h % 5000), 'price', 19.9,
+                                              'category', 'beauty')
+               WHEN r < 0.9 THEN json_object('path', '/p/' || (h % 5000),
+                                             'url', 'https://shop.example.com/p/' || (h % 5000))
+          END AS properties,
+          CASE WHEN r >= 0.9 THEN json_object('email', uid || '@example.com', 'city', 'Chongqing')
+          END AS traits,
+          json_object('library', json_object('name', 'analytics.js', 'version', '4.1.0'),
+                      'ip', '10.0.0.1',
+                      'userAgent', 'Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)')
+            AS context
+        FROM b
+        """
+    )
+    parquet, jsonl = out / "events.parquet", out / "events.jsonl"
+    con.execute(f"COPY ev TO '{parquet}' (FORMAT parquet)")
+    con.execute(f"COPY ev TO '{jsonl}' (FORMAT json)")
+    con.close()
+    return parquet, jsonl
+
+
+def floor(parquet: Path, out: Path) -> float:
+    """Seconds for the raw DuckDB insert of the file's rows (Arrow → table)."""
+    started = time.perf_counter()
+    table = pq.read_table(parquet)
+    con = duckdb.connect(str(out / "floor.duckdb"))
+    con.register("batch", table)
+    con.execute("CREATE TABLE events AS SELECT * FROM batch LIMIT 0")
+    con.execute("INSERT INTO events SELECT * FROM batch")
+    con.close()
+    return time.perf_counter() - started
+
+
+def validate_only(path: Path) -> float:
+    started = time.perf_counter()
+    checked = check_file(path, received_at=NOW)
+    assert checked.rejections.num_rows == 0, checked.rejections.slice(0, 3).to_pylist()
+    return time.perf_counter() - started
+
+
+def ours(path: Path, out: Path, name: str) -> tuple[float, float]:
+    """(total seconds, seconds inside store_events) for an import into a fresh store."""
+    stores = open_stores(Settings(data_dir=out / f"store-{name}"), clock=ManualClock(NOW))
+    spent = [0.0]
+    real = bulk.store_events
+
+    def timed(s, events):  # type: ignore[no-untyped-def]
+        t = time.perf_counter()
+        try:
+            return real(s, events)
+        finally:
+            spent[0] += time.perf_counter() - t
+
+    bulk.store_events = timed
+    try:
+        report = import_file(stores, path)
+    finally:
+        bulk.store_events = real
+        stores.close()
+    assert report.rejected == 0 and report.inserted == report.events
+    return report.seconds, spent[0]
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 5_000_000
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        t = time.perf_counter()
+        parquet, jsonl = generate(n, out)
+        print(
+            f"generated {n:,} events in {time.perf_counter() - t:.1f} s "
+            f"(parquet {parquet.stat().st_size / 1e6:.0f} MB, "
+            f"jsonl {jsonl.stat().st_size / 1e6:.0f} MB)"
+        )
+        base = floor(parquet, out)
+        print(
+            f"floor  raw DuckDB insert of the Arrow table: {n / base:>12,.0f} rows/s ({base:.1f} s)"
+        )
+        for label, path in (("parquet", parquet), ("jsonl", jsonl)):
+            v = validate_only(path)
+            print(
+                f"{label:7s} read+map+validate only:            {n / v:>12,.0f} events/s "
+                f"({v:.1f} s)"
+            )
+            total, store = ours(path, out, label)
+            print(
+                f"{label:7s} end to end (import_file):          {n / total:>12,.0f} events/s "
+                f"({total:.1f} s, of which store_events {store:.1f} s)"
+            )
+
+
+if __name__ == "__main__":
+    main()

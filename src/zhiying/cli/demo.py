@@ -1,0 +1,187 @@
+"""``zhiying demo``: a simulated cosmetics shop fed through the real ingestion path.
+
+The demo always uses embedded stores (SQLite + DuckDB) in its own data
+directory, wiped at the start so ``make demo`` can run twice. It refuses to
+wipe a directory it did not create (no marker file) or one a running
+``zhiying serve`` holds.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from zhiying.cli.common import console, err_console
+from zhiying.clock import ManualClock
+from zhiying.config import Settings
+from zhiying.demo.population import TIME_ZONE
+from zhiying.demo.run import DemoProgress, DemoSummary, run_demo
+from zhiying.demo.simulate import SimConfig
+from zhiying.errors import StoreBusy, ZhiyingError
+from zhiying.runtime import open_stores
+from zhiying.warehouse import open_warehouse
+
+DEFAULT_DIR = Path(".zhiying/demo")
+MARKER = ".zhiying-demo"
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(1)
+
+
+def _wipe(data_dir: Path) -> bool:
+    """Empty ``data_dir`` for a fresh run; returns True when an earlier run was removed."""
+    if not data_dir.exists():
+        return False
+    if not data_dir.is_dir():
+        raise _fail(f"{data_dir} is not a directory")
+    entries = list(data_dir.iterdir())
+    if not entries:
+        return False
+    if not (data_dir / MARKER).exists():
+        raise _fail(
+            f"{data_dir} is not empty and was not made by `zhiying demo`; "
+            "give --data-dir a new or empty directory"
+        )
+    duckdb_file = data_dir / "warehouse.duckdb"
+    if duckdb_file.exists():
+        try:
+            open_warehouse(f"duckdb://{duckdb_file.resolve()}", create=False).close()
+        except StoreBusy as exc:
+            raise _fail(f"{exc.message}; the demo needs to wipe {data_dir}") from exc
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return True
+
+
+def _money(amount: Decimal) -> str:
+    return f"¥{amount:,.2f}"
+
+
+def print_summary(summary: DemoSummary, out: Console = console) -> None:
+    """The summary as Rich tables (docs/demo.md shows them; a test keeps it current)."""
+    beijing = ZoneInfo(TIME_ZONE)
+    start, end = summary.period_start.astimezone(beijing), summary.period_end.astimezone(beijing)
+    overview = Table(title="What Zhiying stored (SQL on the warehouse)", show_header=False)
+    overview.add_column(style="bold")
+    overview.add_column(justify="right")
+    overview.add_row(
+        "simulated period (Beijing time)", f"{start:%Y-%m-%d %H:%M} → {end:%Y-%m-%d %H:%M}"
+    )
+    overview.add_row("messages sent (SDK retries included)", f"{summary.sent:,}")
+    overview.add_row("rejected by validation", f"{summary.rejected:,}")
+    overview.add_row("duplicates dropped (same messageId)", f"{summary.duplicates:,}")
+    overview.add_row("events stored", f"{summary.events:,}")
+    overview.add_row("people (distinct ONE_IDs)", f"{summary.users:,}")
+    overview.add_row("  of which logged in (have a userId)", f"{summary.members:,}")
+    overview.add_row("merges (anonymous visitor → member)", f"{summary.merges:,}")
+    overview.add_row("orders", f"{summary.orders:,}")
+    overview.add_row("GMV (CNY)", _money(summary.gmv))
+    out.print(overview)
+
+    cities = Table(title="GMV by city (city trait of the buyer)")
+    cities.add_column("city")
+    cities.add_column("orders", justify="right")
+    cities.add_column("GMV (CNY)", justify="right")
+    cities.add_column("share", justify="right")
+    total = summary.gmv or Decimal(1)
+    for row in summary.gmv_by_city:
+        cities.add_row(row.city, f"{row.orders:,}", _money(row.gmv), f"{row.gmv / total:.1%}")
+    out.print(cities)
+
+    channels = Table(title="Events by channel")
+    channels.add_column("channel")
+    channels.add_column("events", justify="right")
+    channels.add_column("share", justify="right")
+    for name, n in summary.events_by_channel:
+        channels.add_row(name or "(none)", f"{n:,}", f"{n / max(summary.events, 1):.1%}")
+    out.print(channels)
+
+
+def print_next_steps(data_dir: Path, summary: DemoSummary) -> None:
+    """Three commands to try on the demo's data (unwrapped, so they copy and paste)."""
+    env = f"ZHIYING_DATA_DIR={data_dir}"
+    who = f"user_id:{summary.example_user_id or 'm100001'}"
+    console.print("\n[bold]Try next[/bold] (the member who ordered most, then the API):")
+    for command in (
+        f"{env} zhiying profile show {who}",
+        f"{env} zhiying events count --event 'Order Completed'",
+        f"{env} zhiying serve",
+    ):
+        console.print("  " + command, soft_wrap=True, markup=False, highlight=False)
+
+
+def demo(
+    users: int = typer.Option(10_000, "--users", min=1, help="Simulated customers."),
+    days: int = typer.Option(30, "--days", min=1, max=366, help="Simulated days."),
+    seed: int = typer.Option(42, "--seed", help="Same seed, same business, byte for byte."),
+    data_dir: Path = typer.Option(
+        DEFAULT_DIR, "--data-dir", help="Embedded stores of the demo (wiped at the start)."
+    ),
+) -> None:
+    """Simulate a cosmetics shop (app, web, mini program; 8 cities) and ingest it end to end."""
+    if _wipe(data_dir):
+        console.print(f"wiped the previous demo in {data_dir}", soft_wrap=True, markup=False)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / MARKER).write_text("made by `zhiying demo`; wiped by the next run\n")
+    config = SimConfig(users=users, days=days, seed=seed)
+    # The demo never follows ZHIYING_DATABASE_URL / ZHIYING_WAREHOUSE_URL: it
+    # only ever writes its own embedded files.
+    settings = Settings(data_dir=data_dir, database_url=None, warehouse_url=None)
+    console.print(
+        f"simulating {users:,} customers for {days} days (seed {seed}) into {data_dir}/ …",
+        soft_wrap=True,
+        markup=False,
+    )
+    started = time.perf_counter()
+    try:
+        stores = open_stores(settings, clock=ManualClock(config.start))
+    except ZhiyingError as exc:
+        raise _fail(exc.message) from exc
+    try:
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[day]}"),
+            TextColumn("{task.fields[stored]} events"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as bar:
+            task = bar.add_task("ingesting", total=1.0, day="", stored="0")
+
+            def on_progress(p: DemoProgress) -> None:
+                local = p.simulated_now.astimezone(ZoneInfo(TIME_ZONE))
+                bar.update(
+                    task, completed=p.fraction, day=f"{local:%Y-%m-%d}", stored=f"{p.stored:,}"
+                )
+
+            summary = run_demo(stores, users, days, seed, progress=on_progress)
+    except ZhiyingError as exc:
+        raise _fail(exc.message) from exc
+    finally:
+        stores.close()
+    elapsed = time.perf_counter() - started
+    print_summary(summary)
+    rate = summary.sent / elapsed if elapsed > 0 else 0.0
+    console.print(f"done in [bold]{elapsed:.1f} s[/bold]: {rate:,.0f} messages/s end to end")
+    print_next_steps(data_dir, summary)
+    if summary.rejected:
+        first = summary.first_rejections[0]
+        raise _fail(
+            f"{summary.rejected} simulated messages were rejected, "
+            f"e.g. {first.field}: {first.reason}"
+        )

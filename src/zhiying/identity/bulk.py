@@ -1,0 +1,136 @@
+"""Bulk reads and writes of the identity tables, straight to the DB-API driver.
+
+At hundreds of thousands of rows per batch, SQLAlchemy's per-value bind
+processing and its rendering of long ``IN (...)`` lists cost more than the
+statements themselves. These few plain statements therefore go to the driver,
+inside the caller's SQLAlchemy transaction, with values converted the way
+``zhiying.store.tables.UtcDateTime`` stores them (SQLite: naive UTC text with
+microseconds; PostgreSQL: ``timestamptz``):
+
+* a list of values is ONE parameter: ``= ANY(%s)`` (a PostgreSQL array) or
+  ``IN (SELECT value FROM json_each(?))`` (a JSON array on SQLite), so a
+  lookup of 100 000 identifiers is one statement per kind;
+* inserts are ``COPY`` on PostgreSQL and ``executemany`` on SQLite (in-process,
+  no round trips);
+* bulk updates go through a temporary table and one ``UPDATE … FROM`` on
+  PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection
+
+
+class BulkSql:
+    """Driver-level statements on ``conn`` (SQLite or PostgreSQL)."""
+
+    def __init__(self, conn: Connection) -> None:
+        if conn.dialect.name not in ("sqlite", "postgresql"):
+            raise ValueError(
+                f"identity resolution runs on SQLite and PostgreSQL, not {conn.dialect.name}"
+            )
+        self.conn = conn
+        self.sqlite = conn.dialect.name == "sqlite"
+        self.mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        self._texts: dict[datetime, str] = {}
+
+    # --- values ---------------------------------------------------------------------
+
+    def time(self, at: datetime | None) -> Any:
+        """An aware datetime as the driver should receive it."""
+        if at is None:
+            return None
+        if not self.sqlite:
+            return at if at.tzinfo is UTC else at.astimezone(UTC)
+        text = self._texts.get(at)  # a batch repeats few distinct instants many times
+        if text is None:
+            utc = at if at.tzinfo is UTC else at.astimezone(UTC)
+            text = utc.replace(tzinfo=None).isoformat(" ")  # much faster than strftime
+            if not utc.microsecond:
+                text += ".000000"
+            self._texts[at] = text
+        return text
+
+    def read_time(self, value: Any) -> datetime:
+        """A stored instant back as an aware UTC datetime."""
+        if isinstance(value, str):
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)  # SQLite: naive UTC text
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def in_values(self, values: Sequence[str]) -> tuple[str, Any]:
+        """``(SQL after the column, parameter)`` testing membership in ``values``."""
+        if self.sqlite:
+            return "IN (SELECT value FROM json_each(?))", orjson.dumps(list(values)).decode()
+        return "= ANY(CAST(%s AS text[]))", list(values)
+
+    # --- statements -----------------------------------------------------------------
+
+    def fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` (written with ``?`` placeholders) from a raw cursor.
+
+        Same connection, so same transaction; SQLAlchemy's row objects would
+        cost more than the query for a million rows.
+        """
+        raw: Any = self.conn.connection.dbapi_connection
+        cursor = raw.cursor()
+        try:
+            cursor.execute(sql if self.sqlite else sql.replace("?", self.mark), params)
+            rows: list[tuple[Any, ...]] = cursor.fetchall()
+        finally:
+            cursor.close()
+        return rows
+
+    def many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """``executemany`` of ``sql``, written with ``?`` placeholders."""
+        if rows:
+            self.conn.exec_driver_sql(sql if self.sqlite else sql.replace("?", self.mark), rows)
+
+    def _copy(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        raw: Any = self.conn.connection.driver_connection  # psycopg 3, in our transaction
+        with (
+            raw.cursor() as cursor,
+            cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+
+    def insert(self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        if not self.sqlite:
+            self._copy(table, columns, rows)
+            return
+        marks = ", ".join("?" for _ in columns)
+        self.many(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
+    def update_identifiers(self, rows: list[tuple[Any, ...]]) -> None:
+        """Set ``(one_id, first_seen, last_seen)`` of identifier ``(kind, value)`` per row."""
+        if not rows:
+            return
+        if self.sqlite or len(rows) <= 200:
+            self.many(
+                "UPDATE identifiers SET one_id = ?, first_seen = ?, last_seen = ? "
+                "WHERE kind = ? AND value = ?",
+                rows,
+            )
+            return
+        self.conn.exec_driver_sql(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS zy_identifier_updates (one_id text, "
+            "first_seen timestamptz, last_seen timestamptz, kind text, value text) "
+            "ON COMMIT DROP"
+        )
+        self.conn.exec_driver_sql("TRUNCATE zy_identifier_updates")
+        self._copy(
+            "zy_identifier_updates", ("one_id", "first_seen", "last_seen", "kind", "value"), rows
+        )
+        self.conn.exec_driver_sql(
+            "UPDATE identifiers AS i SET one_id = u.one_id, first_seen = u.first_seen, "
+            "last_seen = u.last_seen FROM zy_identifier_updates AS u "
+            "WHERE i.kind = u.kind AND i.value = u.value"
+        )

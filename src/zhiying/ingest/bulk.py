@@ -1,0 +1,436 @@
+"""Bulk import: a file of events, users or orders → validated ``EVENTS`` rows → ``store_events``.
+
+The path is vectorised end to end. A private in-memory DuckDB reads the file
+(``read_parquet``, ``read_csv``, JSONL lines), maps each row to message parts
+(:mod:`zhiying.ingest.bulk_sql`), applies the HTTP validator's rules as SQL
+(:mod:`zhiying.ingest.bulk_rules`) and streams Arrow chunks of ``chunk_size``
+rows. Each chunk's valid rows go to :func:`zhiying.ingest.pipeline.store_events`
+(dedup by messageId, ONE_ID resolution, traits, warehouse append — the same
+function the HTTP path uses); its rejected rows go to the rejects file.
+
+Idempotency: a row without a messageId gets ``imp-<md5 of its content>``,
+plus ``-<n>`` for the n-th identical row of the file (n ≥ 2), so importing the
+same file again produces the same ids and ``store_events`` drops them as
+duplicates (within its dedup window, ``ZHIYING_DEDUP_WINDOW_DAYS``).
+
+Progress is reported through a callback (no terminal code here).
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Literal
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from zhiying.errors import ValidationFailed
+from zhiying.ingest.bulk_rules import checked_select, ident, register_udfs
+from zhiying.ingest.bulk_sql import (
+    Column,
+    default_mapping,
+    mapped_parts_sql,
+    segment_parts_sql,
+    source_sql,
+)
+from zhiying.ingest.mapping import FileFormat, ImportKind, Mapping, guess_format
+from zhiying.ingest.pipeline import store_events
+from zhiying.runtime import Stores
+from zhiying.warehouse.schema import EVENTS
+
+DEFAULT_CHUNK_SIZE = 200_000
+RejectsFormat = Literal["csv", "jsonl"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Counts so far: source rows read, events stored, duplicates dropped, rows rejected."""
+
+    rows_read: int
+    stored: int
+    duplicates: int
+    rejected: int
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import did. ``events`` = messages built (orders group several rows)."""
+
+    path: Path
+    kind: ImportKind
+    format: FileFormat
+    rows_read: int
+    events: int
+    inserted: int
+    duplicates: int
+    rejected: int
+    merges: int
+    conflicts: int
+    seconds: float
+    rejects_path: Path | None
+    first_rejections: tuple[tuple[int, str, str], ...] = field(default=())
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def import_file(
+    stores: Stores,
+    path: Path,
+    *,
+    kind: ImportKind = "events",
+    fmt: FileFormat | None = None,
+    mapping: Mapping | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    rejects_path: Path | None = None,
+    progress: ProgressCallback | None = None,
+) -> ImportReport:
+    """Import ``path`` as ``kind`` and return the counts.
+
+    ``fmt`` defaults to the mapping's ``source.format``, then to the file name.
+    JSONL without a mapping is read as Segment messages; every other input
+    needs a mapping, except events in CSV/Parquet whose columns are named like
+    Segment fields (see :func:`zhiying.ingest.bulk_sql.default_mapping`).
+    Every valid row is stored; every rejected row is written to
+    ``rejects_path`` (CSV, or JSONL when the name ends in ``.jsonl``) with its
+    row number, field, reason and raw text.
+    """
+    started = time.perf_counter()
+    if not path.is_file():
+        raise ValidationFailed(f"no such file: {path}", field="file")
+    if chunk_size < 1:
+        raise ValidationFailed("chunk size must be at least 1", field="chunk_size")
+    if mapping is not None and mapping.kind is not None and mapping.kind != kind:
+        raise ValidationFailed(
+            f"the mapping is for `import {mapping.kind}`, not `import {kind}`", field="mapping"
+        )
+    fmt = resolve_format(path, fmt, mapping)
+    received_at = stores.clock.now()
+    read = events = inserted = duplicates = rejected = merges = conflicts = 0
+    with _open_checked(
+        path, fmt, kind, mapping, received_at, stores.settings.default_phone_region
+    ) as (
+        con,
+        sql,
+    ):
+        ids = _DerivedIds(con.cursor())
+        rejects = _Rejects(rejects_path, con.cursor())
+        try:
+            for chunk in _chunks(con.sql(sql).to_arrow_reader(_BATCH), chunk_size):
+                bad = chunk.column("__bad").combine_chunks()
+                good = chunk.filter(pc.invert(bad))
+                bad_rows = chunk.filter(bad)
+                read += int(pc.sum(chunk.column("__lines")).as_py() or 0)
+                events += chunk.num_rows
+                if good.num_rows:
+                    result = store_events(stores, ids.fill(good).select(EVENTS.names))
+                    inserted += result.inserted
+                    duplicates += result.duplicates
+                    merges += result.merges
+                    conflicts += result.conflicts
+                if bad_rows.num_rows:
+                    rejected += bad_rows.num_rows
+                    rejects.write(bad_rows)
+                if progress is not None:
+                    progress(Progress(read, inserted, duplicates, rejected))
+        finally:
+            rejects.close()
+    return ImportReport(
+        path=path,
+        kind=kind,
+        format=fmt,
+        rows_read=read,
+        events=events,
+        inserted=inserted,
+        duplicates=duplicates,
+        rejected=rejected,
+        merges=merges,
+        conflicts=conflicts,
+        seconds=time.perf_counter() - started,
+        rejects_path=rejects.path if rejects.count else None,
+        first_rejections=tuple(rejects.first),
+    )
+
+
+_BATCH = 65_536
+
+
+def resolve_format(path: Path, fmt: FileFormat | None, mapping: Mapping | None) -> FileFormat:
+    """``fmt``, else the mapping's ``source.format``, else the file name's suffix."""
+    return fmt or (mapping.source.format if mapping else None) or guess_format(path)
+
+
+@contextmanager
+def _open_checked(
+    path: Path,
+    fmt: FileFormat,
+    kind: ImportKind,
+    mapping: Mapping | None,
+    received_at: datetime,
+    default_region: str,
+) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
+    """A private DuckDB connection and the SQL of the file's checked rows."""
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        register_udfs(con, default_region)
+        parts = _parts_sql(con, path, fmt, kind, mapping)
+        sql = checked_select(
+            parts,
+            received_at=received_at.astimezone(UTC).replace(tzinfo=None),
+            source=f"import:{path.name}",
+        )
+        yield con, sql
+    except duckdb.Error as exc:
+        raise ValidationFailed(f"cannot read {path} as {fmt}: {exc}", field="file") from exc
+    finally:
+        con.close()
+
+
+@dataclass(frozen=True)
+class CheckedFile:
+    """Every row of a file after validation, without storing anything.
+
+    ``events``: the valid rows (``EVENTS`` columns plus ``__row``; messageIds
+    still NULL where they would be derived); ``rejections``: one row per
+    (row, field, reason) with the raw row.
+    """
+
+    events: pa.Table
+    rejections: pa.Table
+
+
+def check_file(
+    path: Path,
+    *,
+    received_at: datetime,
+    kind: ImportKind = "events",
+    fmt: FileFormat | None = None,
+    mapping: Mapping | None = None,
+    default_region: str = "CN",
+) -> CheckedFile:
+    """Validate a whole file in memory (tests, dry runs); nothing is stored."""
+    fmt = resolve_format(path, fmt, mapping)
+    with _open_checked(path, fmt, kind, mapping, received_at, default_region) as (con, sql):
+        table = con.sql(sql).to_arrow_table()
+    bad = table.column("__bad").combine_chunks()
+    good = table.filter(pc.invert(bad)).select([*EVENTS.names, "__row"])
+    return CheckedFile(events=good, rejections=rejection_rows(table.filter(bad)))
+
+
+def rejection_rows(bad: pa.Table) -> pa.Table:
+    """One row per (row, field, reason, raw) of the rejected rows of a checked chunk."""
+    errors = bad.column("__errors").combine_chunks()
+    parents = pc.list_parent_indices(errors)
+    flat = pc.list_flatten(errors)
+    return pa.table(
+        {
+            "row": pc.take(bad.column("__row"), parents),
+            "field": flat.field("field"),
+            "reason": flat.field("reason"),
+            "raw": pc.take(bad.column("__raw"), parents),
+        }
+    )
+
+
+def _parts_sql(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    fmt: FileFormat,
+    kind: ImportKind,
+    mapping: Mapping | None,
+) -> str:
+    if fmt == "jsonl" and mapping is None:
+        if kind != "events":
+            raise ValidationFailed(
+                f"`import {kind}` needs --mapping (JSONL without one is read as Segment "
+                "messages: use `import events`)",
+                field="mapping",
+            )
+        return segment_parts_sql(path)
+    header: list[str] = []
+    if fmt == "whitespace":
+        header = _first_line(path).split()
+    probe = Mapping() if mapping is None else mapping
+    source = source_sql(path, fmt, probe, header)
+    columns = [
+        Column(str(row[0]), str(row[1]))
+        for row in con.sql(f"DESCRIBE SELECT * EXCLUDE (__row) FROM ({source})").fetchall()
+    ]
+    if mapping is None:
+        if kind != "events":
+            raise ValidationFailed(
+                f"`import {kind}` needs --mapping to say which column is the person",
+                field="mapping",
+            )
+        mapping = default_mapping(columns, kind)
+    inferred: dict[str, str] = {}
+    if mapping.infer_types and (
+        mapping.traits_from_all_columns or mapping.properties_from_other_columns
+    ):
+        inferred = _infer_types(con, source, columns, mapping)
+    return mapped_parts_sql(source, columns, mapping, kind, inferred).sql
+
+
+def _first_line(path: Path) -> str:
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "rb") as gz:
+            return gz.readline().decode("utf-8-sig").strip()
+    with path.open("rb") as fh:
+        return fh.readline().decode("utf-8-sig").strip()
+
+
+def _infer_types(
+    con: duckdb.DuckDBPyConnection, source: str, columns: list[Column], mapping: Mapping
+) -> dict[str, str]:
+    """For text columns read without a declared type: ``integer``/``number``/``boolean``
+    when every non-empty value reads as one (one aggregate pass over the file)."""
+    used = mapping.used_columns()
+    text_cols = [c.name for c in columns if c.type == "VARCHAR" and c.name not in used]
+    if not text_cols:
+        return {}
+    checks = []
+    for name in text_cols:
+        c = ident(name)
+        for kind, cast in (("integer", "BIGINT"), ("number", "DOUBLE"), ("boolean", "BOOLEAN")):
+            # a leading zero means a code (zip, id), not a number
+            extra = ""
+            if kind in ("integer", "number"):
+                extra = f" AND NOT regexp_matches({c}, '^-?0[0-9]')"
+            if kind == "integer":
+                extra += f" AND regexp_full_match(trim({c}), '-?[0-9]+')"
+            checks.append(
+                f"bool_and({c} IS NULL OR (TRY_CAST({c} AS {cast}) IS NOT NULL{extra})) "
+                f"AS {ident(name + '|' + kind)}"
+            )
+    row = con.sql(f"SELECT {', '.join(checks)} FROM ({source})").fetchall()[0]
+    result: dict[str, str] = {}
+    flags = iter(row)
+    for name in text_cols:
+        is_int, is_num, is_bool = next(flags), next(flags), next(flags)
+        if is_int:
+            result[name] = "integer"
+        elif is_num:
+            result[name] = "number"
+        elif is_bool:
+            result[name] = "boolean"
+    return result
+
+
+def _chunks(reader: pa.RecordBatchReader, size: int) -> Iterator[pa.Table]:
+    """Tables of about ``size`` rows from DuckDB's (vector-sized) record batches."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in reader:
+        pending.append(batch)
+        rows += batch.num_rows
+        if rows >= size:
+            yield pa.Table.from_batches(pending)
+            pending, rows = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending)
+
+
+class _DerivedIds:
+    """Deterministic messageIds for rows that came without one.
+
+    ``imp-<md5>`` for the first row with that content in the file, then
+    ``imp-<md5>-2``, ``-3``, ...: the occurrence count is kept per hash across
+    chunks in a small DuckDB table, so the whole computation is set-based.
+    """
+
+    def __init__(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        self._cur = cursor
+        self._cur.execute("CREATE TEMP TABLE __seen (h VARCHAR PRIMARY KEY, n BIGINT)")
+
+    def fill(self, good: pa.Table) -> pa.Table:
+        hashes = good.column("__h")
+        if hashes.null_count == good.num_rows:
+            return good
+        idx = pc.indices_nonzero(pc.is_valid(hashes))
+        todo = pa.table({"i": idx, "h": pc.take(hashes, idx)})
+        self._cur.register("__todo", todo)
+        try:
+            self._cur.execute(
+                "CREATE OR REPLACE TEMP TABLE __occ AS SELECT t.i, t.h, "
+                "row_number() OVER (PARTITION BY t.h ORDER BY t.i) + coalesce(s.n, 0) AS n "
+                "FROM __todo t LEFT JOIN __seen s ON s.h = t.h"
+            )
+            self._cur.execute(
+                "INSERT OR REPLACE INTO __seen SELECT h, max(n) FROM __occ GROUP BY h"
+            )
+            occ = self._cur.sql(
+                "SELECT i, 'imp-' || h || CASE WHEN n > 1 THEN '-' || n ELSE '' END AS id "
+                "FROM __occ ORDER BY i"
+            ).to_arrow_table()
+        finally:
+            self._cur.unregister("__todo")
+        ids = good.column("message_id").combine_chunks()
+        mask = pc.is_valid(hashes.combine_chunks())
+        new_ids = pc.replace_with_mask(ids, mask, occ.column("id").combine_chunks())
+        return good.set_column(good.schema.get_field_index("message_id"), "message_id", new_ids)
+
+
+class _Rejects:
+    """Writes rejected rows: row number, field, reason and the raw row, one line per reason."""
+
+    def __init__(self, path: Path | None, cursor: duckdb.DuckDBPyConnection) -> None:
+        self.path = path
+        self.count = 0
+        self.first: list[tuple[int, str, str]] = []
+        self._cur = cursor
+        self._fh: IO[bytes] | None = None
+        self._csv: pacsv.CSVWriter | None = None
+        self._jsonl = path is not None and path.name.lower().endswith((".jsonl", ".ndjson"))
+
+    def write(self, bad: pa.Table) -> None:
+        table = rejection_rows(bad)
+        self.count += bad.num_rows
+        if len(self.first) < 20:
+            head = table.slice(0, 20 - len(self.first)).to_pydict()
+            self.first += list(zip(head["row"], head["field"], head["reason"], strict=True))
+        if self.path is None:
+            return
+        if self._jsonl:
+            if self._fh is None:
+                self._fh = self.path.open("wb")
+            self._cur.register("__rej", table)
+            try:
+                lines = self._cur.sql(
+                    "SELECT string_agg(to_json({'row': row, 'field': field, 'reason': reason, "
+                    "'raw': raw}), chr(10) ORDER BY row) AS t FROM __rej"
+                ).fetchall()[0]
+            finally:
+                self._cur.unregister("__rej")
+            self._fh.write(str(lines[0]).encode() + b"\n")
+            return
+        if self._csv is None:
+            self._csv = pacsv.CSVWriter(str(self.path), table.schema)
+        self._csv.write_table(table)
+
+    def close(self) -> None:
+        if self._csv is not None:
+            self._csv.close()
+        if self._fh is not None:
+            self._fh.close()
+
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "ImportReport",
+    "Progress",
+    "ProgressCallback",
+    "import_file",
+]

@@ -1,0 +1,638 @@
+"""Segment messages → rows of the warehouse ``EVENTS`` schema (pure; the ingest hot path).
+
+One function, :func:`validate_message`, turns one decoded JSON value into either a
+row dict with every ``EVENTS`` column, or the list of :class:`Rejection` s that say
+which field is wrong and why. :func:`validate_batch` does it for a batch and
+:func:`rows_to_table` turns rows into one Arrow table, column by column.
+
+The validator is written by hand instead of as a pydantic model per event: it runs
+for every event the system receives, and a hand-written pass over the dict is
+several times faster (see ``bench/ingest_http.py`` and ``docs/ingestion.md``). The
+pydantic models in ``zhiying.ingest.api`` describe the same messages for the
+OpenAPI document only.
+
+Rules (``docs/ingestion.md`` is the user-facing version):
+
+- a message is a JSON object with ``userId`` or ``anonymousId`` (strings, or
+  numbers turned into strings); ``track`` needs ``event``, ``alias`` needs
+  ``previousId``, ``group`` needs ``groupId``; ``messageId`` defaults to a uuid4;
+- timestamps are ISO-8601 strings; ``timestamp`` is corrected for the client's
+  clock skew as Segment does: ``receivedAt - (sentAt - originalTimestamp)`` when
+  ``sentAt`` is given; the result may lie at most :data:`MAX_FUTURE` after
+  ``receivedAt`` and not before :data:`EARLIEST`;
+- money (``revenue``, product ``price``) becomes ``Decimal`` with 2 places from a
+  number or a numeric string, never through binary floating point arithmetic;
+- identifiers (device id, phone, e-mail, WeChat ids, ``context.externalIds``) are
+  normalised with :func:`zhiying.identity.identifiers.normalize`; an invalid one
+  rejects the event, naming the field;
+- ``properties``, ``traits`` and ``context`` are kept as compact JSON text.
+
+Timestamps in rows are naive ``datetime`` values meaning UTC (the warehouse's
+convention).
+"""
+
+from __future__ import annotations
+
+import operator
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Any, Final
+
+import orjson
+import pyarrow as pa
+
+from zhiying.identity.identifiers import (
+    DEVICE_ID,
+    EMAIL,
+    MAX_VALUE_LENGTH,
+    PHONE,
+    WECHAT_OPENID,
+    WECHAT_UNIONID,
+    InvalidIdentifier,
+    normalize,
+)
+from zhiying.warehouse.schema import EVENTS
+
+Row = dict[str, Any]
+
+MESSAGE_TYPES: Final = ("track", "identify", "alias", "page", "screen", "group")
+MAX_EVENT_BYTES: Final = 32 * 1024
+"""Largest serialised message (Segment: 32 KB per call / per event in a batch)."""
+MAX_BATCH_BYTES: Final = 500 * 1024
+"""Largest ``/v1/batch`` body after decompression (Segment: 500 KB)."""
+MAX_FUTURE: Final = timedelta(hours=24)
+"""How far after ``receivedAt`` a (skew-corrected) ``timestamp`` may lie."""
+EARLIEST: Final = datetime(1970, 1, 1)
+"""Timestamps before the Unix epoch are taken for a default-date bug and rejected."""
+MAX_MESSAGE_ID_LENGTH: Final = 200
+MAX_TEXT_LENGTH: Final = 1024
+"""Longest typed text column value (event name, order id, product name, ...)."""
+MONEY_LIMIT: Final = Decimal("1e16")  # DECIMAL(18, 2): 16 integer digits
+_CENT: Final = Decimal("0.01")
+_FLOAT_NOISE: Final = Decimal("1e-9")
+_INT32_MAX: Final = 2**31 - 1
+
+# Trait keys that are identifiers, with the identifier kind they feed.
+TRAIT_IDENTIFIERS: Final = (
+    ("phone", PHONE),
+    ("email", EMAIL),
+    (WECHAT_OPENID, WECHAT_OPENID),
+    (WECHAT_UNIONID, WECHAT_UNIONID),
+)
+# Segment's own values of the top-level ``channel`` field, mapped to ours.
+_SEGMENT_CHANNELS: Final = {"browser": "web", "mobile": "app", "server": "server"}
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why the message at ``index`` of a request was not stored.
+
+    ``field`` is a path into the message (``properties.products[3].price``);
+    ``reason`` is a sentence a person can act on.
+    """
+
+    index: int
+    field: str
+    reason: str
+    message_id: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The wire form: ``{"index", "field", "reason", "messageId"}``."""
+        return {
+            "index": self.index,
+            "field": self.field,
+            "reason": self.reason,
+            "messageId": self.message_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BatchContext:
+    """What one request adds to each of its messages.
+
+    ``received_at`` is the server's clock when the request arrived (aware UTC);
+    ``source`` is the write key id (or ``import:<file>``); ``sent_at`` and
+    ``context`` come from the top level of a ``/v1/batch`` body (a message's own
+    ``sentAt``/``context`` keys win).
+    """
+
+    received_at: datetime
+    source: str | None = None
+    sent_at: datetime | None = None
+    context: Mapping[str, Any] | None = None
+    default_region: str = "CN"
+    received_utc: datetime = field(init=False)
+    sent_utc: datetime | None = field(init=False)
+    latest_utc: datetime = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.received_at.tzinfo is None:
+            raise ValueError("received_at must be an aware datetime")
+        object.__setattr__(
+            self, "received_utc", self.received_at.astimezone(UTC).replace(tzinfo=None)
+        )
+        object.__setattr__(self, "latest_utc", self.received_utc + MAX_FUTURE)
+        sent = self.sent_at
+        object.__setattr__(self, "sent_utc", None if sent is None else _naive_utc(sent))
+
+
+def _naive_utc(at: datetime) -> datetime:
+    if at.tzinfo is None:
+        return at
+    offset = at.utcoffset()
+    return at.replace(tzinfo=None) - offset if offset else at.replace(tzinfo=None)
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+class _Errors:
+    """Collects the problems of one message; the happy path never touches the list."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, field: str, reason: str) -> None:
+        self.items.append((field, reason))
+
+    def has(self, field: str) -> bool:
+        return any(f == field for f, _ in self.items)
+
+
+def parse_timestamp(value: object) -> datetime:
+    """An ISO-8601 string as a naive UTC datetime (no offset means UTC); raises ValueError."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be an ISO-8601 date-time string, got {_type_name(value)}")
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"not an ISO-8601 date-time: {value[:40]!r} (e.g. 2026-11-01T09:00:00.000Z)"
+        ) from None
+    return _naive_utc(at)
+
+
+def _timestamp(msg: Mapping[str, Any], key: str, errors: _Errors) -> datetime | None:
+    value = msg.get(key)
+    if value is None:
+        return None
+    try:
+        return parse_timestamp(value)
+    except ValueError as exc:
+        errors.add(key, str(exc))
+        return None
+
+
+def _text(value: object, field: str, errors: _Errors, *, numbers: bool = True) -> str | None:
+    """A string (numbers allowed as text when ``numbers``); None/absent stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT_LENGTH:
+            errors.add(field, f"longer than {MAX_TEXT_LENGTH} characters")
+            return None
+        return value
+    if numbers and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    expected = "a string or a number" if numbers else "a string"
+    errors.add(field, f"must be {expected}, got {_type_name(value)}")
+    return None
+
+
+def _object(msg: Mapping[str, Any], key: str, errors: _Errors) -> dict[str, Any] | None:
+    value = msg.get(key)
+    if value is None or isinstance(value, dict):
+        return value
+    errors.add(key, f"must be an object, got {_type_name(value)}")
+    return None
+
+
+def parse_money(value: object) -> Decimal:
+    """Currency units with 2 decimal places from a JSON number or a numeric string.
+
+    Numbers arrive as binary doubles; their shortest round-trip form (``repr``) is
+    the decimal the client wrote whenever it has at most 15 significant digits, so
+    ``0.1`` becomes ``0.10`` exactly. Sub-cent amounts (``10.125``) are refused
+    rather than rounded; only floating-point noise below 1e-9 (``59.97000000000001``,
+    JavaScript's ``19.99 * 3``) is dropped. Raises ValueError.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"must be a number or a numeric string, got {_type_name(value)}")
+    try:
+        amount = Decimal(value.strip() if isinstance(value, str) else repr(value))
+    except InvalidOperation:
+        raise ValueError(f"not a number: {str(value)[:40]!r}") from None
+    if not amount.is_finite():
+        raise ValueError("must be a finite number")
+    cents = amount.quantize(_CENT, rounding=ROUND_HALF_EVEN)
+    if abs(cents - amount) > _FLOAT_NOISE:
+        raise ValueError(f"has more than 2 decimal places ({value}); send whole cents")
+    if abs(cents) >= MONEY_LIMIT:
+        raise ValueError("too large (at most 16 digits before the decimal point)")
+    return cents
+
+
+def _money(value: object, field: str, errors: _Errors) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        return parse_money(value)
+    except ValueError as exc:
+        errors.add(field, str(exc))
+        return None
+
+
+def _quantity(value: object, field: str, errors: _Errors) -> int | None:
+    if value is None:
+        return None
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif (isinstance(value, float) and value.is_integer()) or (
+        isinstance(value, str) and value.strip().lstrip("-").isdigit()
+    ):
+        number = int(value)
+    if number is None:
+        errors.add(field, f"must be a whole number, got {str(value)[:40]!r}")
+        return None
+    if abs(number) > _INT32_MAX:
+        errors.add(field, "out of range")
+        return None
+    return number
+
+
+_PRODUCT_TEXT: Final = ("product_id", "sku", "name", "brand", "category", "coupon")
+
+
+def _products(value: object, errors: _Errors) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        errors.add("properties.products", f"must be an array, got {_type_name(value)}")
+        return None
+    products: list[dict[str, Any]] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            errors.add(f"properties.products[{i}]", f"must be an object, got {_type_name(item)}")
+            continue
+        product: dict[str, Any] = {}
+        for key in _PRODUCT_TEXT:
+            text = item.get(key)
+            # Fast path: absent or a short string; anything else is checked (and named).
+            if text is not None and not (type(text) is str and len(text) <= MAX_TEXT_LENGTH):
+                text = _text(text, f"properties.products[{i}].{key}", errors)
+            product[key] = text
+        price = item.get("price")
+        product["price"] = (
+            None if price is None else _money(price, f"properties.products[{i}].price", errors)
+        )
+        quantity = item.get("quantity")
+        product["quantity"] = (
+            quantity
+            if type(quantity) is int and -_INT32_MAX <= quantity <= _INT32_MAX
+            else _quantity(quantity, f"properties.products[{i}].quantity", errors)
+        )
+        products.append(product)
+    return products
+
+
+def _currency(value: object, errors: _Errors) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and len(value) == 3 and value.isascii() and value.isalpha():
+        return value.upper()
+    errors.add("properties.currency", "must be a 3-letter ISO 4217 code such as CNY or USD")
+    return None
+
+
+@lru_cache(maxsize=65536)
+def _normalized(kind: str, raw: str | int, region: str) -> str:
+    # Phone and e-mail parsing costs tens of microseconds; one person's
+    # identifiers repeat across their events, so the pure result is cached.
+    return normalize(kind, raw, region)
+
+
+def _identifier_value(
+    kind: str, raw: object, field: str, region: str, errors: _Errors
+) -> str | None:
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        errors.add(field, f"must be a string, got {_type_name(raw)}")
+        return None
+    try:
+        return _normalized(kind, raw, region)
+    except InvalidIdentifier as exc:
+        errors.add(field, exc.reason)
+        return None
+
+
+def _identity(msg: Mapping[str, Any], key: str, errors: _Errors) -> str | None:
+    """userId / anonymousId / previousId / groupId: a string or a number, "" means absent.
+
+    Trimmed and at most ``MAX_VALUE_LENGTH`` characters, as
+    :func:`zhiying.identity.identifiers.normalize` makes every identifier.
+    """
+    raw = msg.get(key)
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, str):
+        value = raw.strip()
+    elif isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = str(raw)
+    else:
+        errors.add(key, f"must be a string or a number, got {_type_name(raw)}")
+        return None
+    if not value:
+        errors.add(key, "must not be blank")
+        return None
+    if len(value) > MAX_VALUE_LENGTH:
+        errors.add(key, f"longer than {MAX_VALUE_LENGTH} characters")
+        return None
+    return value
+
+
+def _identifiers(
+    traits: Mapping[str, Any] | None,
+    context: Mapping[str, Any] | None,
+    region: str,
+    errors: _Errors,
+) -> list[dict[str, str]]:
+    # (kind, raw value, field path) of every identifier the message carries.
+    candidates: list[tuple[str, object, str]] = []
+    if context:
+        device = context.get("device")
+        if isinstance(device, dict) and "id" in device:
+            candidates.append((DEVICE_ID, device["id"], "context.device.id"))
+    if traits:
+        for key, kind in TRAIT_IDENTIFIERS:
+            if key in traits:
+                candidates.append((kind, traits[key], f"traits.{key}"))
+    if context:
+        context_traits = context.get("traits")
+        if isinstance(context_traits, dict):
+            for key, kind in TRAIT_IDENTIFIERS:
+                if key in context_traits:
+                    candidates.append((kind, context_traits[key], f"context.traits.{key}"))
+        external = context.get("externalIds")
+        if external is not None:
+            _external_ids(external, candidates, errors)
+    if not candidates:
+        return []
+    found: dict[tuple[str, str], None] = {}  # ordered set
+    for kind, raw, field_path in candidates:
+        if raw is None or raw == "":
+            continue
+        value = _identifier_value(kind, raw, field_path, region, errors)
+        if value is not None:
+            found[(kind, value)] = None
+    return [{"kind": kind, "value": value} for kind, value in found]
+
+
+def _external_ids(
+    external: object, candidates: list[tuple[str, object, str]], errors: _Errors
+) -> None:
+    """Segment's ``context.externalIds`` ``[{id, type}]``: ``type`` is the identifier kind."""
+    if not isinstance(external, list):
+        errors.add("context.externalIds", f"must be an array, got {_type_name(external)}")
+        return
+    for i, item in enumerate(external):
+        where = f"context.externalIds[{i}]"
+        if not isinstance(item, dict):
+            errors.add(where, f"must be an object, got {_type_name(item)}")
+            continue
+        id_type = item.get("type")
+        if not isinstance(id_type, str) or not id_type:
+            errors.add(f"{where}.type", "must be a non-empty string")
+            continue
+        candidates.append((id_type.lower(), item.get("id"), f"{where}.id"))
+
+
+def derive_channel(channel: object, context: Mapping[str, Any] | None) -> str:
+    """The ``channel`` column: where the event came from (app, web, server, ...).
+
+    An explicit top-level ``channel`` or ``context.channel`` wins (Segment's own
+    values ``browser``/``mobile``/``server`` become ``web``/``app``/``server``;
+    anything else, e.g. ``mini_program``, ``wechat``, ``store``, is kept
+    lower-cased). Otherwise: ``app`` when the context describes an app or a
+    device (``context.app`` / ``context.device``), ``web`` when it describes a
+    page or a browser (``context.page`` / ``context.userAgent``), else ``server``.
+    """
+    if not (isinstance(channel, str) and channel) and context:
+        channel = context.get("channel")
+    if isinstance(channel, str) and channel:
+        lowered = channel.strip().lower()
+        return _SEGMENT_CHANNELS.get(lowered, lowered)
+    if context:
+        if context.get("app") or context.get("device"):
+            return "app"
+        if context.get("page") or context.get("userAgent"):
+            return "web"
+    return "server"
+
+
+def validate_message(
+    msg: object, index: int, batch: BatchContext, *, endpoint_type: str | None = None
+) -> Row | list[Rejection]:
+    """One Segment message as an ``EVENTS`` row, or the reasons it is refused.
+
+    ``endpoint_type`` is the type implied by a single-message endpoint
+    (``/v1/track`` → ``track``); a message whose own ``type`` disagrees is refused.
+    Unknown top-level keys are ignored, as Segment does (SDKs add private ones).
+    """
+    if not isinstance(msg, dict):
+        return [Rejection(index, "", f"must be a JSON object, got {_type_name(msg)}", None)]
+    errors = _Errors()
+
+    raw_id = msg.get("messageId")
+    message_id: str | None
+    if raw_id is None or raw_id == "":
+        message_id = str(uuid.uuid4())
+    elif isinstance(raw_id, str) and len(raw_id) <= MAX_MESSAGE_ID_LENGTH:
+        message_id = raw_id
+    elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        message_id = str(raw_id)
+    else:
+        message_id = None
+        errors.add("messageId", f"must be a string of at most {MAX_MESSAGE_ID_LENGTH} characters")
+
+    kind = msg.get("type", endpoint_type)
+    if endpoint_type is not None and kind != endpoint_type:
+        errors.add("type", f"{kind!r} sent to the /v1/{endpoint_type} endpoint")
+    elif kind not in MESSAGE_TYPES:
+        if kind is None:
+            errors.add("type", "missing; one of " + ", ".join(MESSAGE_TYPES))
+        else:
+            errors.add("type", f"{str(kind)[:40]!r} is not one of " + ", ".join(MESSAGE_TYPES))
+
+    user_id = _identity(msg, "userId", errors)
+    anonymous_id = _identity(msg, "anonymousId", errors)
+    missing_ids = user_id is None and anonymous_id is None
+    if missing_ids and not (errors.has("userId") or errors.has("anonymousId")):
+        errors.add("userId", "userId or anonymousId is required")
+
+    event = name = group_id = previous_id = None
+    if kind == "track":
+        event = _text(msg.get("event"), "event", errors, numbers=False)
+        if not event and not errors.has("event"):
+            errors.add("event", "track needs an event name")
+    elif kind in ("page", "screen"):
+        name = _text(msg.get("name"), "name", errors, numbers=False)
+    elif kind == "group":
+        group_id = _identity(msg, "groupId", errors)
+        if group_id is None and not errors.has("groupId"):
+            errors.add("groupId", "group needs a groupId")
+    elif kind == "alias":
+        previous_id = _identity(msg, "previousId", errors)
+        if previous_id is None and not errors.has("previousId"):
+            errors.add("previousId", "alias needs a previousId")
+
+    properties = _object(msg, "properties", errors)
+    traits = _object(msg, "traits", errors)
+    context = _object(msg, "context", errors)
+    _object(msg, "integrations", errors)
+    if batch.context:
+        context = {**batch.context, **context} if context else dict(batch.context)
+
+    channel = msg.get("channel")
+    if channel is not None and not isinstance(channel, str):
+        errors.add("channel", f"must be a string, got {_type_name(channel)}")
+        channel = None
+
+    # Timestamps, with Segment's clock-skew correction.
+    received = batch.received_utc
+    original = _timestamp(msg, "originalTimestamp", errors)
+    if original is None:
+        original = _timestamp(msg, "timestamp", errors)
+    sent_at = _timestamp(msg, "sentAt", errors)
+    if sent_at is None and "sentAt" not in msg:
+        sent_at = batch.sent_utc
+    if original is None:
+        timestamp = received
+    elif sent_at is None:
+        timestamp = original
+    else:
+        timestamp = received - (sent_at - original)
+    if timestamp > batch.latest_utc:
+        errors.add(
+            "timestamp",
+            f"{timestamp.isoformat()}Z is more than {MAX_FUTURE.total_seconds() / 3600:.0f} "
+            "hours after the server received it (after clock-skew correction)",
+        )
+    elif timestamp < EARLIEST:
+        errors.add("timestamp", f"{timestamp.isoformat()}Z is before 1970-01-01")
+
+    order_id = revenue = currency = coupon = products = None
+    if properties:
+        order_id = _text(properties.get("order_id"), "properties.order_id", errors)
+        revenue = _money(properties.get("revenue"), "properties.revenue", errors)
+        currency = _currency(properties.get("currency"), errors)
+        coupon = _text(properties.get("coupon"), "properties.coupon", errors)
+        products = _products(properties.get("products"), errors)
+
+    identifiers = _identifiers(
+        traits if kind == "identify" else None, context, batch.default_region, errors
+    )
+
+    if errors.items:
+        sent_id = message_id if raw_id not in (None, "") else None
+        return [Rejection(index, f, reason, sent_id) for f, reason in errors.items]
+
+    return {
+        "message_id": message_id,
+        "type": kind,
+        "event": event,
+        "name": name,
+        "user_id": user_id,
+        "anonymous_id": anonymous_id,
+        "one_id": None,
+        "timestamp": timestamp,
+        "received_at": received,
+        "sent_at": sent_at,
+        "original_timestamp": original,
+        "source": batch.source,
+        "channel": derive_channel(channel, context),
+        "order_id": order_id,
+        "revenue": revenue,
+        "currency": currency,
+        "coupon": coupon,
+        "products": products,
+        "group_id": group_id,
+        "previous_id": previous_id,
+        "identifiers": identifiers,
+        "properties": None if properties is None else _json(properties),
+        "traits": None if traits is None else _json(traits),
+        "context": None if context is None else _json(context),
+    }
+
+
+def validate_batch(
+    messages: Sequence[object],
+    batch: BatchContext,
+    *,
+    endpoint_type: str | None = None,
+    check_size: bool = True,
+) -> tuple[list[Row], list[Rejection]]:
+    """Every message of a request: the valid rows and the rejections (in input order).
+
+    With ``check_size``, a message whose compact JSON exceeds
+    :data:`MAX_EVENT_BYTES` is refused (the caller skips it when the whole body
+    is already smaller than the limit).
+    """
+    rows: list[Row] = []
+    rejections: list[Rejection] = []
+    for index, msg in enumerate(messages):
+        if check_size and isinstance(msg, dict):
+            size = len(orjson.dumps(msg))
+            if size > MAX_EVENT_BYTES:
+                raw_id = msg.get("messageId")
+                rejections.append(
+                    Rejection(
+                        index,
+                        "",
+                        f"message is {size} bytes; the limit is {MAX_EVENT_BYTES} bytes (32 KB)",
+                        raw_id if isinstance(raw_id, str) else None,
+                    )
+                )
+                continue
+        result = validate_message(msg, index, batch, endpoint_type=endpoint_type)
+        if isinstance(result, list):
+            rejections.extend(result)
+        else:
+            rows.append(result)
+    return rows, rejections
+
+
+_ROW_VALUES: Final = operator.itemgetter(*EVENTS.names)
+
+
+def rows_to_table(rows: Sequence[Row]) -> pa.Table:
+    """Rows from :func:`validate_message` as one ``EVENTS`` Arrow table."""
+    if not rows:
+        return EVENTS.empty_table()
+    columns = zip(*map(_ROW_VALUES, rows), strict=True)
+    return pa.Table.from_arrays(
+        [pa.array(values, f.type) for values, f in zip(columns, EVENTS, strict=True)],
+        schema=EVENTS,
+    )

@@ -1,0 +1,1 @@
+"""User layers: lifecycle, value x frequency, promotion sensitivity; distribution, migration."""

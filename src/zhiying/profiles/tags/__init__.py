@@ -1,0 +1,1 @@
+"""Tags: static, semi-static and dynamic tag definitions, computed in the warehouse."""

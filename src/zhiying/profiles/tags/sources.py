@@ -1,0 +1,129 @@
+"""The warehouse tables tags and layers read, as unbound ibis tables, resolved to persons.
+
+Everything here builds expressions only; callers compile them with
+``ibis.to_sql(expr, dialect=...)`` and run them through the ``Warehouse``.
+A *person* is the ONE_ID that owns a row now: ``coalesce(alias.one_id,
+row.one_id)`` through ``one_id_aliases``, so rows written before a merge count
+for the merged user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import ibis
+import ibis.expr.datatypes as dt
+import ibis.expr.types as ir
+import pyarrow as pa
+
+from zhiying.warehouse.schema import (
+    EVENTS,
+    LAYER_VALUES,
+    ONE_ID_ALIASES,
+    TAG_VALUES,
+    TRAIT_UPDATES,
+    Dialect,
+)
+
+EVENT_COLUMNS = (
+    "message_id",
+    "type",
+    "event",
+    "name",
+    "user_id",
+    "timestamp",
+    "source",
+    "channel",
+    "order_id",
+    "revenue",
+    "currency",
+    "coupon",
+    "products",
+)
+
+
+def table(name: str) -> ir.Table:
+    """An unbound ibis table for one of our warehouse tables."""
+    schemas = {
+        "events": EVENTS,
+        "one_id_aliases": ONE_ID_ALIASES,
+        "trait_updates": TRAIT_UPDATES,
+        "tag_values": TAG_VALUES,
+        "tag_history": TAG_VALUES,
+        "layer_values": LAYER_VALUES,
+    }
+    return ibis.table(ibis.Schema.from_pyarrow(schemas[name]), name=name)
+
+
+def instant(at: datetime, dialect: Dialect) -> ir.TimestampScalar:
+    """A UTC instant as a literal comparable with our naive-UTC timestamp columns.
+
+    DuckDB columns are naive ``TIMESTAMP`` (meaning UTC), so the literal is
+    naive too; ClickHouse columns are ``DateTime64(6, 'UTC')``, so the literal
+    carries the zone and does not depend on the server's time zone.
+    """
+    if at.tzinfo is None:
+        raise ValueError("instant() needs an aware datetime")
+    naive = at.astimezone(UTC).replace(tzinfo=None)
+    if dialect == "clickhouse":
+        return ibis.literal(naive, type=dt.Timestamp(timezone="UTC", scale=6))
+    return ibis.literal(naive, type=dt.Timestamp(scale=6))
+
+
+def has_aliases(query: Callable[[str], pa.Table]) -> bool:
+    """Whether any ONE_ID was ever merged (``query`` runs SQL on the warehouse)."""
+    result = query("SELECT count(*) AS n FROM (SELECT alias FROM one_id_aliases LIMIT 1) AS t")
+    return bool(result.column("n")[0].as_py())
+
+
+def _owners() -> ir.Table:
+    aliases = table("one_id_aliases")
+    return aliases.select(alias=aliases["alias"], owner=aliases["one_id"])
+
+
+def resolved_events(as_of: datetime, dialect: Dialect, *, aliases: bool = True) -> ir.Table:
+    """Events up to and including ``as_of`` with ``person``; rows with no ONE_ID are dropped.
+
+    ``aliases=False`` skips the join with ``one_id_aliases`` — only correct
+    when that table is empty (no merge ever happened); it saves the join's
+    cost on every event.
+    """
+    events = table("events")
+    if aliases:
+        owners = _owners()
+        joined = events.left_join(owners, events.one_id == owners["alias"])
+        person = ibis.coalesce(joined.owner, joined.one_id)
+    else:
+        joined = events
+        person = events.one_id
+    cols = {c: joined[c] for c in EVENT_COLUMNS}
+    resolved = joined.select(person=person, **cols)
+    return resolved.filter(resolved.timestamp <= instant(as_of, dialect), resolved.person.notnull())
+
+
+def resolved_traits(as_of: datetime, dialect: Dialect, keys: list[str]) -> ir.Table:
+    """The latest update of each trait in ``keys`` per person, as of ``as_of``.
+
+    Latest = greatest ``timestamp``, then greatest ``message_id`` (a stable tie-break).
+    """
+    traits = table("trait_updates")
+    owners = _owners()
+    joined = traits.left_join(owners, traits.one_id == owners["alias"])
+    resolved = joined.select(
+        person=ibis.coalesce(joined.owner, joined.one_id),
+        key=joined.key,
+        value=joined.value,
+        number=joined.number,
+        timestamp=joined.timestamp,
+        message_id=joined.message_id,
+    )
+    resolved = resolved.filter(
+        resolved.timestamp <= instant(as_of, dialect), resolved.key.isin(keys)
+    )
+    rank = ibis.row_number().over(
+        group_by=[resolved.person, resolved.key],
+        order_by=[ibis.desc(resolved.timestamp), ibis.desc(resolved.message_id)],
+    )
+    ranked = resolved.mutate(rank=rank)
+    return ranked.filter(ranked["rank"] == 0).drop("rank")

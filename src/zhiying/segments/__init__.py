@@ -1,0 +1,1 @@
+"""Segments: who an operator means — rule DSL, compiler to SQL, previews, snapshots."""

@@ -1,0 +1,803 @@
+"""Rule → one ibis expression → SQL for DuckDB, ClickHouse, PostgreSQL and PySpark.
+
+Pure: no I/O. The expression reads unbound warehouse tables (``events``,
+``one_id_aliases``, ``trait_updates``, ``tag_values``, ``layer_values``,
+``segment_members``) and returns one column, ``one_id``: the members as of
+``at``.
+
+How it is built. Every condition becomes a *feature* (a per-person aggregate:
+a filtered count, a sum, the latest trait value…) plus a boolean test of that
+feature. Features of one source are computed in one ``GROUP BY person`` pass
+(``events`` is scanned once however many event conditions the rule has);
+the per-source feature tables are joined on the person and the rule's
+boolean tree filters the result. Which people are candidates:
+
+- when the rule needs some source (an ``and`` holding ``city = Beijing`` needs
+  a trait row), that source drives and the others are left-joined;
+- when it needs none but is false for a person with no data, the feature
+  tables are full-outer-joined;
+- when it is true for a person with no data (``not …``, ``did not …``), every
+  person the warehouse knows as of ``at`` is a candidate (events, trait
+  updates, tags, layers).
+
+A person is ``coalesce(one_id_aliases.one_id, one_id)``: rows written before a
+merge count for the surviving ONE_ID. Node types map to handler functions in
+``_HANDLERS``; a combination the compiler cannot express raises
+``UnsupportedRule`` naming the path inside the rule.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal, Protocol
+
+import ibis
+import ibis.expr.types as ir
+
+from zhiying.errors import ValidationFailed
+from zhiying.segments import sqlext
+from zhiying.segments.models import (
+    AndGroup,
+    EventCondition,
+    EventTimeCondition,
+    LayerCondition,
+    NotGroup,
+    OrGroup,
+    PropertyFilter,
+    Rule,
+    SegmentCondition,
+    TagCondition,
+    TraitCondition,
+    Window,
+    _Attribute,
+    to_utc,
+    value_kind,
+)
+from zhiying.warehouse.schema import (
+    EVENTS,
+    LAYER_VALUES,
+    ONE_ID_ALIASES,
+    SEGMENT_MEMBERS,
+    TAG_VALUES,
+    TRAIT_UPDATES,
+)
+
+SqlDialect = Literal["duckdb", "clickhouse", "postgres", "pyspark"]
+DIALECTS: tuple[SqlDialect, ...] = ("duckdb", "clickhouse", "postgres", "pyspark")
+
+
+class UnsupportedRule(ValidationFailed):
+    """The rule is valid JSON but asks for something the compiler cannot express."""
+
+    code = "unsupported_rule"
+
+
+class UnknownName(ValidationFailed):
+    """The rule names a trait, event or segment the system does not know."""
+
+    code = "unknown_name"
+
+
+class Catalog(Protocol):
+    """What the compiler needs to know about other segments."""
+
+    def segment_rule(self, segment_id: str) -> Rule | None:
+        """The rule of segment ``segment_id``, or None when there is no such segment."""
+        ...
+
+    def latest_snapshot(self, segment_id: str, at: datetime) -> datetime | None:
+        """The latest snapshot of ``segment_id`` taken at or before ``at``."""
+        ...
+
+
+class NoSegments:
+    """A catalog without segments (compiling a rule that references none)."""
+
+    def segment_rule(self, segment_id: str) -> Rule | None:
+        return None
+
+    def latest_snapshot(self, segment_id: str, at: datetime) -> datetime | None:
+        return None
+
+
+# --- unbound warehouse tables ---------------------------------------------------------
+
+_T_EVENTS = ibis.table(ibis.Schema.from_pyarrow(EVENTS), name="events")
+_T_ALIASES = ibis.table(ibis.Schema.from_pyarrow(ONE_ID_ALIASES), name="one_id_aliases")
+_T_TRAITS = ibis.table(ibis.Schema.from_pyarrow(TRAIT_UPDATES), name="trait_updates")
+_T_TAGS = ibis.table(ibis.Schema.from_pyarrow(TAG_VALUES), name="tag_values")
+_T_LAYERS = ibis.table(ibis.Schema.from_pyarrow(LAYER_VALUES), name="layer_values")
+_T_MEMBERS = ibis.table(ibis.Schema.from_pyarrow(SEGMENT_MEMBERS), name="segment_members")
+
+
+def _resolved(table: ir.Table, columns: Iterable[str]) -> ir.Table:
+    """``table`` with ``person_id`` (current owner of its ``one_id``) and ``columns``."""
+    joined = table.left_join(_T_ALIASES, [("one_id", "alias")])
+    owner = joined["one_id_right"]
+    return joined.select(
+        person_id=ibis.coalesce(owner, joined["one_id"]),
+        **{c: joined[c] for c in columns},
+    )
+
+
+def instant(at: datetime) -> ir.TimestampScalar:
+    """A UTC instant literal that means the same on every dialect."""
+    return sqlext.utc_instant(to_utc(at).strftime("%Y-%m-%d %H:%M:%S.%f"))
+
+
+def _pre(path: str) -> str:
+    """``path`` as a prefix of a child's path (empty at the root)."""
+    return f"{path}." if path else ""
+
+
+# --- typed event properties -------------------------------------------------------------
+
+# ``properties.X`` paths stored in typed columns (Segment e-commerce spec) and their kind.
+TYPED_PROPERTIES: dict[str, tuple[str, str]] = {
+    "properties.revenue": ("revenue", "number"),
+    "properties.order_id": ("order_id", "string"),
+    "properties.currency": ("currency", "string"),
+    "properties.coupon": ("coupon", "string"),
+    "channel": ("channel", "string"),
+    "source": ("source", "string"),
+}
+PRODUCT_FIELDS: dict[str, str] = {
+    "product_id": "string",
+    "sku": "string",
+    "name": "string",
+    "brand": "string",
+    "category": "string",
+    "price": "number",
+    "quantity": "number",
+    "coupon": "string",
+}
+PRODUCTS_PREFIX = "properties.products[]."
+
+
+# --- comparisons ---------------------------------------------------------------------------
+
+
+def _lit(v: Any) -> Any:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return v
+
+
+def compare(col: ir.Value, op: str, value: Any, values: tuple[Any, ...] | None) -> ir.BooleanValue:
+    """``col op operand`` as a boolean that is never NULL (missing values per the DSL)."""
+    if op == "is_set":
+        return col.notnull()
+    if op == "is_not_set":
+        return col.isnull()
+    if op in ("neq", "not_in"):
+        return ~compare(col, "eq" if op == "neq" else "in", value, values)
+    vals = tuple(_lit(v) for v in values or ())
+    v = _lit(value)
+    test: ir.BooleanValue
+    if op == "eq":
+        test = col == v
+    elif op == "in":
+        test = col.isin(list(vals))
+    elif op == "contains":
+        test = col.contains(v)
+    elif op == "starts_with":
+        test = col.startswith(v)
+    elif op == "lt":
+        test = col < v
+    elif op == "lte":
+        test = col <= v
+    elif op == "gt":
+        test = col > v
+    elif op == "gte":
+        test = col >= v
+    elif op == "between":
+        test = col.between(vals[0], vals[1])
+    else:  # pragma: no cover - the model rejects other ops
+        raise UnsupportedRule(f"operator {op!r} is not a comparison", field="op")
+    return test.fill_null(False)
+
+
+def if_any(rows: ir.Table, where: ir.BooleanValue, agg: ir.Value) -> ir.Value:
+    """``agg`` when some row passes ``where``, else NULL.
+
+    ClickHouse's ``minIf``/``maxIf``/``argMaxIf`` return the type's default
+    (1970-01-01, ``''``) rather than NULL for a group with no such row; this
+    makes "no such row" NULL on every engine.
+    """
+    return ibis.ifelse(rows.count(where=where) > 0, agg, ibis.null(agg.type()))
+
+
+# --- sources and features --------------------------------------------------------------------
+
+Source = Literal["events", "traits", "tags", "layers", "snapshots"]
+RowFn = Callable[[ir.Table], ir.Value]
+Test = Callable[[ir.Table], ir.BooleanValue]
+
+
+@dataclass
+class _Features:
+    """Per-source named aggregates, deduplicated by a canonical key."""
+
+    aggs: dict[Source, dict[str, RowFn]] = field(default_factory=dict)
+    keys: dict[tuple[Source, str], str] = field(default_factory=dict)
+    event_names: set[str] = field(default_factory=set)
+    trait_keys: set[str] = field(default_factory=set)
+    tag_names: set[str] = field(default_factory=set)
+    layer_names: set[str] = field(default_factory=set)
+    snapshots: set[tuple[str, datetime]] = field(default_factory=set)
+    event_columns: set[str] = field(default_factory=lambda: {"event", "timestamp"})
+    # Start of each event feature's window (None: unbounded), to prune the scan.
+    event_starts: list[datetime | None] = field(default_factory=list)
+
+    def add(self, source: Source, key: str, fn: RowFn) -> str:
+        name = self.keys.get((source, key))
+        if name is None:
+            name = f"{source[0]}{len(self.keys)}"
+            self.keys[(source, key)] = name
+            self.aggs.setdefault(source, {})[name] = fn
+        return name
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """A compiled node: its test over the joined feature table, its value for a
+    person with no data, and the sources every member must appear in."""
+
+    test: Test
+    on_empty: bool
+    requires: frozenset[Source]
+
+
+class _Compiler:
+    def __init__(self, at: datetime, catalog: Catalog) -> None:
+        self.at = to_utc(at)
+        self.catalog = catalog
+        self.f = _Features()
+        self._stack: list[str] = []
+
+    def node(self, rule: Rule, path: str) -> _Compiled:
+        handler = _HANDLERS.get(type(rule))
+        if handler is None:  # pragma: no cover - every model type has a handler
+            raise UnsupportedRule(f"no compile rule for {type(rule).__name__}", field=path)
+        return handler(self, rule, path)
+
+    # -- event rows ------------------------------------------------------------------
+
+    def window_test(self, window: Window | None) -> Callable[[ir.Table], ir.BooleanValue] | None:
+        if window is None:
+            return None
+        start, end = window.bounds(self.at)
+
+        def test(r: ir.Table) -> ir.BooleanValue:
+            cond = r["timestamp"] >= instant(start)
+            if end is not None:
+                cond = cond & (r["timestamp"] < instant(end))
+            return cond
+
+        return test
+
+    def property_test(
+        self, flt: PropertyFilter, path: str
+    ) -> Callable[[ir.Table], ir.BooleanValue]:
+        prop = flt.property
+        kind = value_kind(flt)
+        if prop.startswith(PRODUCTS_PREFIX):
+            fld = prop.removeprefix(PRODUCTS_PREFIX)
+            fkind = PRODUCT_FIELDS.get(fld)
+            if fkind is None:
+                raise UnsupportedRule(
+                    f"products have no field {fld!r}; known: {', '.join(PRODUCT_FIELDS)}",
+                    field=f"{_pre(path)}property",
+                )
+            self._check_kind(kind, fkind, prop, f"{_pre(path)}value")
+            self.f.event_columns.add("products")
+
+            def elem(p: ir.StructValue) -> ir.BooleanValue:
+                v = p[fld].cast("float64") if fkind == "number" else p[fld]
+                return compare(v, flt.op, flt.value, flt.values)
+
+            return lambda r: r["products"].map(elem).anys().fill_null(False)
+        if "[]" in prop:
+            raise UnsupportedRule(
+                "only properties.products[] is an array of objects the warehouse types",
+                field=f"{_pre(path)}property",
+            )
+        typed = TYPED_PROPERTIES.get(prop)
+        if typed is not None:
+            column, ckind = typed
+            self._check_kind(kind, ckind, prop, f"{_pre(path)}value")
+            self.f.event_columns.add(column)
+
+            def typed_test(r: ir.Table) -> ir.BooleanValue:
+                col = r[column].cast("float64") if ckind == "number" else r[column]
+                return compare(col, flt.op, flt.value, flt.values)
+
+            return typed_test
+        if not prop.startswith("properties."):
+            raise UnsupportedRule(
+                f"unknown event field {prop!r}: use properties.NAME, "
+                f"properties.products[].FIELD or one of {', '.join(TYPED_PROPERTIES)}",
+                field=f"{_pre(path)}property",
+            )
+        keys = tuple(prop.split(".")[1:])
+        self.f.event_columns.add("properties")
+        if flt.op in ("contains", "starts_with"):
+            kind = "string"
+        jkind: sqlext.JsonKind = "present" if kind is None else kind  # type: ignore[assignment]
+        return lambda r: compare(
+            sqlext.json_scalar(r["properties"], keys, jkind), flt.op, flt.value, flt.values
+        )
+
+    @staticmethod
+    def _check_kind(kind: str | None, expected: str, prop: str, path: str) -> None:
+        if kind is None or kind == expected or (kind == "boolean" and expected == "string"):
+            return
+        raise UnsupportedRule(
+            f"{prop} holds {'numbers' if expected == 'number' else 'text'}; "
+            f"compare it with {'a number' if expected == 'number' else 'text'}",
+            field=path,
+        )
+
+    def measure_column(self, prop: str, path: str) -> Callable[[ir.Table], ir.FloatingValue]:
+        typed = TYPED_PROPERTIES.get(prop)
+        if typed is not None:
+            if typed[1] != "number":
+                raise UnsupportedRule(f"{prop} is text; aggregate a number", field=path)
+            column = typed[0]
+            self.f.event_columns.add(column)
+            return lambda r: r[column].cast("float64")
+        if "[]" in prop:
+            raise UnsupportedRule(
+                "aggregates over array elements are not supported; "
+                "filter on them in `where` and aggregate properties.revenue",
+                field=path,
+            )
+        if not prop.startswith("properties."):
+            raise UnsupportedRule(f"{prop} is not a numeric event property", field=path)
+        keys = tuple(prop.split(".")[1:])
+        self.f.event_columns.add("properties")
+        return lambda r: sqlext.json_scalar(r["properties"], keys, "number")
+
+    def event_rows(
+        self, event: str, where: tuple[PropertyFilter, ...], window: Window | None, path: str
+    ) -> tuple[Callable[[ir.Table], ir.BooleanValue], str]:
+        """The row test for matching events and a canonical key for deduplication."""
+        self.f.event_names.add(event)
+        tests = [self.property_test(flt, f"{_pre(path)}where.{i}") for i, flt in enumerate(where)]
+        wtest = self.window_test(window)
+
+        def rows(r: ir.Table) -> ir.BooleanValue:
+            cond = r["event"] == event
+            if wtest is not None:
+                cond = cond & wtest(r)
+            for t in tests:
+                cond = cond & t(r)
+            return cond
+
+        bounds = window.bounds(self.at) if window else None
+        self.f.event_starts.append(bounds[0] if bounds else None)
+        key = json.dumps(
+            [event, [w.model_dump(mode="json") for w in where], str(bounds)], sort_keys=True
+        )
+        return rows, key
+
+    # -- attributes (traits, tags, layers) ----------------------------------------------
+
+    def attribute_test(
+        self, source: Source, name: str, cond: _Attribute | LayerCondition, path: str
+    ) -> _Compiled:
+        text_col = self._latest(source, name, "value")
+        op = cond.op
+        on_empty = op in ("neq", "not_in", "is_not_set")
+        requires: frozenset[Source] = frozenset() if on_empty else frozenset({source})
+        kind = value_kind(cond)
+        if op in ("before", "after", "date_between", "within_last", "anniversary_within_next"):
+            assert isinstance(cond, _Attribute)
+            return _Compiled(self._date_test(text_col, cond), False, requires)
+        if kind == "number" and op not in ("contains", "starts_with"):
+            if source == "layers":  # pragma: no cover - layer values are text
+                raise UnsupportedRule("layer levels are text", field=f"{_pre(path)}value")
+            num_col = self._latest(source, name, "number")
+
+            def num_test(t: ir.Table) -> ir.BooleanValue:
+                return compare(t[num_col], op, cond.value, cond.values)
+
+            return _Compiled(num_test, on_empty, requires)
+
+        def text_test(t: ir.Table) -> ir.BooleanValue:
+            return compare(t[text_col], op, cond.value, cond.values)
+
+        return _Compiled(text_test, on_empty, requires)
+
+    def _latest(self, source: Source, name: str, column: str) -> str:
+        """Feature: the latest ``column`` of attribute ``name`` (NULL if that row's is NULL)."""
+        name_col, order_col = {
+            "traits": ("key", "timestamp"),
+            "tags": ("tag", "computed_at"),
+            "layers": ("layer", "as_of"),
+        }[source]
+        return self.f.add(
+            source,
+            f"{name}\x00{column}",
+            lambda r: if_any(
+                r, r[name_col] == name, r[column].argmax(r[order_col], where=r[name_col] == name)
+            ),
+        )
+
+    def _date_test(self, text_col: str, cond: _Attribute) -> Test:
+        op = cond.op
+        today = self.at.date()
+
+        def day(t: ir.Table) -> ir.StringValue:
+            return t[text_col].substr(0, 10)
+
+        def iso(t: ir.Table) -> ir.BooleanValue:
+            return t[text_col].re_search(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}").fill_null(False)
+
+        if op == "before":
+            return lambda t: iso(t) & (day(t) < str(cond.value)).fill_null(False)
+        if op == "after":
+            return lambda t: iso(t) & (day(t) > str(cond.value)).fill_null(False)
+        if op == "date_between":
+            lo, hi = (str(v) for v in cond.values or ())
+            return lambda t: iso(t) & day(t).between(lo, hi).fill_null(False)
+        assert cond.days is not None
+        if op == "within_last":
+            lo = (today - timedelta(days=cond.days)).isoformat()
+            hi = today.isoformat()
+            return lambda t: iso(t) & day(t).between(lo, hi).fill_null(False)
+        month_days = anniversary_days(today, cond.days)
+        return lambda t: iso(t) & t[text_col].substr(5, 5).isin(month_days).fill_null(False)
+
+
+def anniversary_days(today: date, days: int) -> list[str]:
+    """``MM-DD`` of ``today`` and the next ``days`` days; ``02-29`` joins ``02-28``
+    in years without 29 February."""
+    out: list[str] = []
+    for k in range(days + 1):
+        d = today + timedelta(days=k)
+        out.append(d.strftime("%m-%d"))
+        if d.month == 2 and d.day == 28 and not _leap(d.year):
+            out.append("02-29")
+    return sorted(set(out))
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+
+
+# --- node handlers ----------------------------------------------------------------------
+
+
+def _and(c: _Compiler, rule: AndGroup, path: str) -> _Compiled:
+    parts = [c.node(r, f"{_pre(path)}rules.{i}") for i, r in enumerate(rule.rules)]
+
+    def test(t: ir.Table) -> ir.BooleanValue:
+        out = parts[0].test(t)
+        for p in parts[1:]:
+            out = out & p.test(t)
+        return out
+
+    requires = frozenset().union(*(p.requires for p in parts))
+    return _Compiled(test, all(p.on_empty for p in parts), requires)
+
+
+def _or(c: _Compiler, rule: OrGroup, path: str) -> _Compiled:
+    parts = [c.node(r, f"{_pre(path)}rules.{i}") for i, r in enumerate(rule.rules)]
+
+    def test(t: ir.Table) -> ir.BooleanValue:
+        out = parts[0].test(t)
+        for p in parts[1:]:
+            out = out | p.test(t)
+        return out
+
+    requires = frozenset.intersection(*(p.requires for p in parts))
+    return _Compiled(test, any(p.on_empty for p in parts), requires)
+
+
+def _not(c: _Compiler, rule: NotGroup, path: str) -> _Compiled:
+    inner = c.node(rule.rule, f"{_pre(path)}rule")
+    return _Compiled(lambda t: ~inner.test(t), not inner.on_empty, frozenset())
+
+
+def _trait(c: _Compiler, rule: TraitCondition, path: str) -> _Compiled:
+    c.f.trait_keys.add(rule.trait)
+    return c.attribute_test("traits", rule.trait, rule, path)
+
+
+def _tag(c: _Compiler, rule: TagCondition, path: str) -> _Compiled:
+    c.f.tag_names.add(rule.tag)
+    return c.attribute_test("tags", rule.tag, rule, path)
+
+
+def _layer(c: _Compiler, rule: LayerCondition, path: str) -> _Compiled:
+    c.f.layer_names.add(rule.layer)
+    return c.attribute_test("layers", rule.layer, rule, path)
+
+
+def _event(c: _Compiler, rule: EventCondition, path: str) -> _Compiled:
+    rows, key = c.event_rows(rule.event, rule.where, rule.window, path)
+    measure = rule.measure
+    if not rule.performed or measure is None or measure.fn == "count":
+        feat = c.f.add("events", f"count\x00{key}", lambda r: r.count(where=rows(r)))
+        if not rule.performed:
+            return _Compiled(lambda t: t[feat].fill_null(0) == 0, True, frozenset())
+        if measure is None:
+            return _Compiled(lambda t: t[feat].fill_null(0) >= 1, False, frozenset({"events"}))
+        m = measure
+        on_empty = _holds(0.0, m.op, m.value, m.values)
+        return _Compiled(
+            lambda t: compare(t[feat].fill_null(0), m.op, m.value, m.values),
+            on_empty,
+            frozenset() if on_empty else frozenset({"events"}),
+        )
+    assert measure.property is not None
+    column = c.measure_column(measure.property, f"{_pre(path)}measure.property")
+    fn = measure.fn
+    m = measure
+
+    def agg(r: ir.Table) -> ir.Value:
+        col = column(r)
+        where = rows(r)
+        out = {
+            "sum": col.sum(where=where),
+            "avg": col.mean(where=where),
+            "min": col.min(where=where),
+            "max": col.max(where=where),
+        }[fn]
+        return if_any(r, where, out.cast("float64"))
+
+    feat = c.f.add("events", f"{fn}\x00{measure.property}\x00{key}", agg)
+    if fn == "sum":
+        on_empty = _holds(0.0, m.op, m.value, m.values)
+        return _Compiled(
+            lambda t: compare(t[feat].fill_null(0.0), m.op, m.value, m.values),
+            on_empty,
+            frozenset() if on_empty else frozenset({"events"}),
+        )
+    # avg/min/max of nothing is undefined: false, even for ``neq``.
+    return _Compiled(
+        lambda t: t[feat].notnull() & compare(t[feat], m.op, m.value, m.values),
+        False,
+        frozenset({"events"}),
+    )
+
+
+def _holds(x: float, op: str, value: float | None, values: tuple[float, float] | None) -> bool:
+    """The measure comparison on a plain number (used for a person with no events)."""
+    if op == "between":
+        assert values is not None
+        return values[0] <= x <= values[1]
+    assert value is not None
+    return {
+        "eq": x == value,
+        "neq": x != value,
+        "lt": x < value,
+        "lte": x <= value,
+        "gt": x > value,
+        "gte": x >= value,
+    }[op]
+
+
+def _event_time(c: _Compiler, rule: EventTimeCondition, path: str) -> _Compiled:
+    rows, key = c.event_rows(rule.event, rule.where, None, path)
+    which = rule.which
+
+    def agg(r: ir.Table) -> ir.Value:
+        ts = r["timestamp"]
+        where = rows(r)
+        return if_any(r, where, ts.min(where=where) if which == "first" else ts.max(where=where))
+
+    feat = c.f.add("events", f"{which}\x00{key}", agg)
+    op = rule.op
+    if op in ("before", "after"):
+        assert rule.value is not None
+        bound = instant(rule.value)
+
+        def cmp_test(t: ir.Table) -> ir.BooleanValue:
+            cond = t[feat] < bound if op == "before" else t[feat] > bound
+            return cond.fill_null(False)
+
+        return _Compiled(cmp_test, False, frozenset({"events"}))
+    assert rule.window is not None
+    start, end = rule.window.bounds(c.at)
+
+    def win_test(t: ir.Table) -> ir.BooleanValue:
+        inside = t[feat] >= instant(start)
+        inside = inside & (t[feat] < instant(end) if end is not None else t[feat] <= instant(c.at))
+        if op == "within":
+            return inside.fill_null(False)
+        return t[feat].notnull() & ~inside.fill_null(False)
+
+    return _Compiled(win_test, False, frozenset({"events"}))
+
+
+def _segment(c: _Compiler, rule: SegmentCondition, path: str) -> _Compiled:
+    seg = rule.segment
+    if rule.source == "snapshot":
+        taken = c.catalog.latest_snapshot(seg, c.at)
+        if taken is None:
+            if c.catalog.segment_rule(seg) is None:
+                raise UnknownName(f"no segment {seg!r}", field=f"{_pre(path)}segment")
+            raise UnsupportedRule(
+                f"segment {seg!r} has no snapshot at or before {c.at.isoformat()}; "
+                'materialise it or use "source": "live"',
+                field=f"{_pre(path)}source",
+            )
+        taken = to_utc(taken)
+        c.f.snapshots.add((seg, taken))
+        feat = c.f.add(
+            "snapshots",
+            f"{seg}\x00{taken.isoformat()}",
+            lambda r: r.count(
+                where=(r["segment_id"] == seg) & (r["snapshot_at"] == instant(taken))
+            ),
+        )
+        return _Compiled(lambda t: t[feat].fill_null(0) > 0, False, frozenset({"snapshots"}))
+    if seg in c._stack:
+        chain = " → ".join([*c._stack, seg])
+        raise UnsupportedRule(
+            f"segments refer to each other in a cycle: {chain}",
+            field=f"{_pre(path)}segment",
+        )
+    other = c.catalog.segment_rule(seg)
+    if other is None:
+        raise UnknownName(f"no segment {seg!r}", field=f"{_pre(path)}segment")
+    c._stack.append(seg)
+    try:
+        # Errors inside the other segment name its path there, prefixed by ours.
+        inner = c.node(other, f"{_pre(path)}segment({seg})")
+    finally:
+        c._stack.pop()
+    return inner
+
+
+_HANDLERS: dict[type, Callable[[_Compiler, Any, str], _Compiled]] = {
+    AndGroup: _and,
+    OrGroup: _or,
+    NotGroup: _not,
+    TraitCondition: _trait,
+    TagCondition: _tag,
+    LayerCondition: _layer,
+    EventCondition: _event,
+    EventTimeCondition: _event_time,
+    SegmentCondition: _segment,
+}
+"""Node type → compile function. A new node type adds one entry here and one in
+``reference._EVALUATORS``."""
+
+
+# --- assembling the query --------------------------------------------------------------------
+
+
+def _source_rows(source: Source, f: _Features, at: datetime) -> ir.Table:
+    """Resolved rows of ``source``, restricted to what the rule reads, as of ``at``."""
+    at_lit = instant(at)
+    if source == "events":
+        ev = _T_EVENTS.filter(
+            _T_EVENTS["timestamp"] <= at_lit, _T_EVENTS["event"].isin(sorted(f.event_names))
+        )
+        starts = f.event_starts
+        if starts and all(s is not None for s in starts):
+            # Every event feature looks at a window: rows before the earliest cannot count.
+            ev = ev.filter(ev["timestamp"] >= instant(min(s for s in starts if s is not None)))
+        return _resolved(ev, sorted(f.event_columns))
+    if source == "traits":
+        tr = _T_TRAITS.filter(
+            _T_TRAITS["timestamp"] <= at_lit, _T_TRAITS["key"].isin(sorted(f.trait_keys))
+        )
+        return _resolved(tr, ["key", "value", "number", "timestamp"])
+    if source == "tags":
+        tg = _T_TAGS.filter(_T_TAGS["tag"].isin(sorted(f.tag_names)))
+        return _resolved(tg, ["tag", "value", "number", "computed_at"])
+    if source == "layers":
+        ly = _T_LAYERS.filter(
+            _T_LAYERS["as_of"] <= at_lit, _T_LAYERS["layer"].isin(sorted(f.layer_names))
+        )
+        return _resolved(ly, ["layer", "value", "as_of"])
+    sm = _T_MEMBERS.filter(_T_MEMBERS["segment_id"].isin(sorted({s for s, _ in f.snapshots})))
+    return _resolved(sm, ["segment_id", "snapshot_at"])
+
+
+def _everyone(at: datetime) -> ir.Table:
+    """Every person the warehouse knows as of ``at``."""
+    at_lit = instant(at)
+    parts = [
+        _resolved(_T_EVENTS.filter(_T_EVENTS["timestamp"] <= at_lit), []),
+        _resolved(_T_TRAITS.filter(_T_TRAITS["timestamp"] <= at_lit), []),
+        _resolved(_T_TAGS, []),
+        _resolved(_T_LAYERS.filter(_T_LAYERS["as_of"] <= at_lit), []),
+    ]
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.union(p, distinct=True)
+    return out.distinct()
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    """A rule compiled as of ``at``: ``expr`` has one column, ``one_id``."""
+
+    expr: ir.Table
+    at: datetime
+    event_names: frozenset[str]
+    trait_keys: frozenset[str]
+
+    def sql(self, dialect: SqlDialect) -> str:
+        return str(ibis.to_sql(self.expr, dialect=dialect))
+
+    def count_sql(self, dialect: SqlDialect) -> str:
+        return str(ibis.to_sql(self.expr.count().as_table(), dialect=dialect))
+
+
+_ORDER: tuple[Source, ...] = ("traits", "layers", "tags", "snapshots", "events")
+
+
+def compile_rule(rule: Rule, at: datetime, catalog: Catalog | None = None) -> CompiledRule:
+    """Compile ``rule`` as of ``at`` (aware, or naive meaning UTC) to one ibis expression.
+
+    Raises ``UnsupportedRule`` / ``UnknownName`` with the path inside the rule.
+    """
+    c = _Compiler(at, catalog or NoSegments())
+    root = c.node(rule, "")
+    at_utc = c.at
+    tables: dict[Source, ir.Table] = {}
+    for source in _ORDER:
+        aggs = c.f.aggs.get(source)
+        if not aggs:
+            continue
+        rows = _source_rows(source, c.f, at_utc)
+        tables[source] = rows.group_by("person_id").aggregate(
+            **{name: fn(rows) for name, fn in aggs.items()}
+        )
+
+    if not tables:
+        # Only constant-like nodes are impossible; every condition reads a source.
+        raise UnsupportedRule("the rule reads nothing", field="")  # pragma: no cover
+
+    joined = _join(tables, root, at_utc)
+    expr = joined.filter(root.test(joined)).select(one_id=joined["person_id"])
+    return CompiledRule(
+        expr=expr,
+        at=at_utc,
+        event_names=frozenset(c.f.event_names),
+        trait_keys=frozenset(c.f.trait_keys),
+    )
+
+
+def _join(tables: dict[Source, ir.Table], root: _Compiled, at: datetime) -> ir.Table:
+    """One row per candidate person with every feature column (NULL when absent)."""
+    required = [s for s in _ORDER if s in root.requires and s in tables]
+    others = dict(tables)
+    if root.on_empty:
+        base = _everyone(at)
+    elif required:
+        base = others.pop(required[0])
+    else:
+        ids = [t.select("person_id") for t in tables.values()]
+        base = ids[0]
+        for more in ids[1:]:
+            base = base.union(more, distinct=True)
+    if not others:
+        return base
+    joined = base
+    features: dict[str, ir.Value] = {}
+    for source, table in others.items():
+        key = f"k_{source}"
+        right = table.rename({key: "person_id"})
+        joined = joined.left_join(right, joined["person_id"] == right[key])
+    for column in base.columns:
+        features[column] = joined[column]
+    for table in others.values():
+        for column in table.columns:
+            if column != "person_id":
+                features[column] = joined[column]
+    return joined.select(**features)
+
+
+def now_utc(at: datetime | None, clock_now: datetime) -> datetime:
+    """``at`` if given, else the clock's now, as aware UTC."""
+    return to_utc(at) if at is not None else clock_now.astimezone(UTC)

@@ -1,0 +1,209 @@
+"""Our own ibis operations, with one compile rule per warehouse dialect.
+
+ibis 12 compiles typed columns (including arrays of structs) to every dialect
+we target, but not JSON (see DESIGN.md), and its timestamp literals are read
+in the server's time zone on ClickHouse. Two small operations fill the gaps:
+
+- ``JsonScalar(arg, path, kind)``: a scalar of the JSON text ``arg`` at
+  ``path``, typed by ``kind``. It is NULL when the key is missing or holds a
+  value of another JSON type, so ``{"size": 5}`` never equals the text ``"5"``.
+  PySpark's ``get_json_object`` cannot tell types apart: there a number
+  compared as text matches its digits (documented in docs/segments.md).
+- ``UtcInstant(text)``: a UTC instant literal. The warehouse stores naive
+  timestamps meaning UTC; ClickHouse columns are ``DateTime64(6, 'UTC')``, so
+  its literal names the zone instead of trusting the session's.
+
+Rules are registered on ibis's compiler classes once, at import; the
+expression built by ``zhiying.segments.compiler`` is the same for every
+dialect and only ``ibis.to_sql(expr, dialect=...)`` differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import ibis
+import ibis.expr.datatypes as dt
+import ibis.expr.operations as ops
+import ibis.expr.rules as rlz
+import ibis.expr.types as ir
+import sqlglot.expressions as sge
+from ibis.backends.sql.compilers import (
+    ClickHouseCompiler,
+    DuckDBCompiler,
+    PostgresCompiler,
+    PySparkCompiler,
+)
+from ibis.common.annotations import attribute
+from ibis.expr.datashape import Scalar as ScalarShape
+
+JsonKind = Literal["string", "number", "boolean", "present"]
+
+_DTYPES: dict[str, dt.DataType] = {
+    "string": dt.string,
+    "number": dt.float64,
+    "boolean": dt.string,
+    "present": dt.boolean,
+}
+
+
+class JsonScalar(ops.Value):  # type: ignore[misc]
+    """The value at ``path`` inside JSON text ``arg`` when it has JSON type ``kind``.
+
+    Numbers come out as float64, strings as text, booleans as the text
+    ``true``/``false`` (so they compare like boolean traits); ``kind="present"``
+    is true when the key exists and is not JSON ``null``.
+    """
+
+    arg: ops.Value[dt.String]
+    path: tuple[str, ...]
+    kind: str
+
+    shape = rlz.shape_like("arg")
+
+    @attribute  # type: ignore[untyped-decorator]
+    def dtype(self) -> dt.DataType:
+        return _DTYPES[self.kind]
+
+
+class UtcInstant(ops.Value):  # type: ignore[misc]
+    """A UTC instant written ``YYYY-MM-DD HH:MM:SS.ffffff``."""
+
+    text: str
+
+    shape = ScalarShape()
+    dtype = dt.Timestamp(scale=6)
+
+
+def json_scalar(arg: ir.StringValue, path: tuple[str, ...], kind: JsonKind) -> ir.Value:
+    return JsonScalar(arg, path, kind).to_expr()
+
+
+def utc_instant(text: str) -> ir.TimestampScalar:
+    return UtcInstant(text).to_expr()
+
+
+def _str(value: str) -> Any:
+    return sge.convert(value)
+
+
+# --- DuckDB: json_type / json_extract_string with a JSONPath -----------------------
+
+
+def _jsonpath(path: tuple[str, ...]) -> str:
+    return "$" + "".join(f'."{key}"' for key in path)
+
+
+_DUCKDB_TYPES = {
+    "string": ["VARCHAR"],
+    "number": ["BIGINT", "UBIGINT", "DOUBLE", "HUGEINT"],
+    "boolean": ["BOOLEAN"],
+}
+
+
+def _duckdb_json(self: Any, op: JsonScalar, *, arg: Any, path: Any, kind: Any) -> Any:
+    jp = _str(_jsonpath(path))
+    jtype = self.f.json_type(arg, jp)
+    if kind == "present":
+        return sge.and_(jtype.is_(sge.null()).not_(), sge.NEQ(this=jtype, expression=_str("NULL")))
+    text = self.f.json_extract_string(arg, jp)
+    value = {
+        "string": text,
+        "number": sge.cast(text, "DOUBLE"),
+        "boolean": text,
+    }[kind]
+    cond = sge.In(this=jtype, expressions=[_str(t) for t in _DUCKDB_TYPES[kind]])
+    return self.if_(cond, value, sge.null())
+
+
+# --- ClickHouse: JSONType / JSONExtract* with the keys as arguments ----------------
+
+_CLICKHOUSE_TYPES = {
+    "string": ["String"],
+    "number": ["Int64", "UInt64", "Double"],
+    "boolean": ["Bool"],
+}
+
+
+def _clickhouse_json(self: Any, op: JsonScalar, *, arg: Any, path: Any, kind: Any) -> Any:
+    keys = [_str(k) for k in path]
+    jtype = self.f.JSONType(arg, *keys)
+    if kind == "present":
+        return sge.NEQ(this=self.f.coalesce(jtype, _str("Null")), expression=_str("Null"))
+    value = {
+        "string": self.f.JSONExtractString(arg, *keys),
+        "number": self.f.JSONExtractFloat(arg, *keys),
+        "boolean": self.if_(self.f.JSONExtractBool(arg, *keys).eq(1), _str("true"), _str("false")),
+    }[kind]
+    cond = sge.In(this=jtype, expressions=[_str(t) for t in _CLICKHOUSE_TYPES[kind]])
+    return self.if_(cond, value, sge.null())
+
+
+# --- PostgreSQL: jsonb #> / #>> with a text[] path -----------------------------------
+
+_PG_TYPES = {"string": "string", "number": "number", "boolean": "boolean"}
+
+
+def _postgres_json(self: Any, op: JsonScalar, *, arg: Any, path: Any, kind: Any) -> Any:
+    doc = sge.cast(arg, "JSONB")
+    pg_path = _str("{" + ",".join(path) + "}")
+    node = sge.JSONBExtract(this=doc, expression=pg_path)
+    jtype = self.f.jsonb_typeof(node)
+    if kind == "present":
+        return sge.and_(jtype.is_(sge.null()).not_(), sge.NEQ(this=jtype, expression=_str("null")))
+    text = sge.JSONBExtractScalar(this=doc, expression=pg_path)
+    value = {
+        "string": text,
+        "number": sge.cast(text, "DOUBLE"),
+        "boolean": text,
+    }[kind]
+    return self.if_(sge.EQ(this=jtype, expression=_str(_PG_TYPES[kind])), value, sge.null())
+
+
+# --- PySpark: get_json_object (untyped) ---------------------------------------------
+
+
+def _pyspark_json(self: Any, op: JsonScalar, *, arg: Any, path: Any, kind: Any) -> Any:
+    text = self.f.get_json_object(arg, _str(_jsonpath(path).replace('"', "")))
+    if kind == "present":
+        return text.is_(sge.null()).not_()
+    return {
+        "string": text,
+        "number": self.f.try_cast(text, sge.DataType.build("DOUBLE")),
+        "boolean": text,
+    }[kind]
+
+
+# --- UTC instants -------------------------------------------------------------------
+
+
+def _instant_cast(self: Any, op: UtcInstant, *, text: Any) -> Any:
+    return sge.cast(_str(text), "TIMESTAMP")
+
+
+def _instant_clickhouse(self: Any, op: UtcInstant, *, text: Any) -> Any:
+    return self.f.toDateTime64(_str(text), sge.convert(6), _str("UTC"))
+
+
+_RULES: dict[type, tuple[Any, Any]] = {
+    DuckDBCompiler: (_duckdb_json, _instant_cast),
+    ClickHouseCompiler: (_clickhouse_json, _instant_clickhouse),
+    PostgresCompiler: (_postgres_json, _instant_cast),
+    PySparkCompiler: (_pyspark_json, _instant_cast),
+}
+
+
+class _PySparkOptions(ibis.config.Config):  # type: ignore[misc]
+    """ibis reads ``options.pyspark`` when compiling float literals; the backend
+    (and pyspark, ~450 MB) is not installed just to print SQL, so supply the
+    option it would register, with ibis's default."""
+
+    treat_nan_as_null: bool = False
+
+
+if ibis.options.pyspark is None:
+    ibis.options.pyspark = _PySparkOptions()
+
+for _compiler, (_json_rule, _instant_rule) in _RULES.items():
+    setattr(_compiler, "visit_JsonScalar", _json_rule)  # noqa: B010
+    setattr(_compiler, "visit_UtcInstant", _instant_rule)  # noqa: B010

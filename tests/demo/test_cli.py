@@ -1,0 +1,45 @@
+"""``zhiying demo`` from the command line (Typer's CliRunner, a temporary data dir)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from zhiying.cli.main import app
+
+runner = CliRunner()
+
+
+def test_demo_prints_the_summary_and_next_steps_and_can_run_twice(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    args = ["demo", "--users", "60", "--days", "2", "--seed", "5", "--data-dir", str(data_dir)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for text in ("events stored", "GMV by city", "Events by channel", "messages/s", "Try next"):
+        assert text in result.output
+    assert f"ZHIYING_DATA_DIR={data_dir} zhiying profile show user_id:m" in result.output
+    assert (data_dir / "warehouse.duckdb").exists()
+
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "wiped the previous demo" in again.output
+    # A fresh run, not a second copy: the same events count as the first time.
+    first_count = _stored(result.output)
+    assert first_count > 0 and _stored(again.output) == first_count
+
+
+def _stored(output: str) -> int:
+    line = next(line for line in output.splitlines() if "events stored" in line)
+    return int(line.split("│")[-2].strip().replace(",", ""))
+
+
+def test_demo_refuses_to_wipe_a_directory_it_did_not_make(tmp_path: Path) -> None:
+    precious = tmp_path / "notes.txt"
+    precious.write_text("keep me")
+    result = runner.invoke(
+        app, ["demo", "--users", "5", "--days", "1", "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert "not made by `zhiying demo`" in result.output
+    assert precious.read_text() == "keep me"

@@ -1,0 +1,105 @@
+"""A real Segment SDK (``segment-analytics-python``) against a real ``zhiying serve``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from segment.analytics.client import Client
+
+from zhiying.config import Settings
+from zhiying.keys.service import create_key
+from zhiying.runtime import open_stores
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """``zhiying serve`` in a subprocess on a free loopback port, with its own data dir."""
+    data_dir = tmp_path / "data"
+    stores = open_stores(Settings(data_dir=data_dir))
+    now = datetime.now(UTC)
+    write_key = create_key(stores.engine, "write", now, "sdk")
+    admin_key = create_key(stores.engine, "admin", now, "test")
+    stores.close()
+
+    port = _free_port()
+    env = {**os.environ, "ZHIYING_DATA_DIR": str(data_dir)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "zhiying.cli.main", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"server did not start: {process.stderr.read()!r}")  # type: ignore[union-attr]
+        time.sleep(0.2)
+    try:
+        yield {"url": url, "write_key": write_key, "admin_key": admin_key}
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_segment_python_sdk_events_are_stored_and_readable(server: dict[str, Any]) -> None:
+    errors: list[Any] = []
+    # One client posts each call synchronously; the other queues, gzips and
+    # sends one batch on flush(), as production setups do.
+    for gzip in (False, True):
+        client = Client(
+            server["write_key"],
+            host=server["url"],
+            sync_mode=not gzip,
+            gzip=gzip,
+            on_error=lambda exc, batch: errors.append(exc),
+        )
+        tag = "gz" if gzip else "plain"
+        client.identify(f"user-{tag}", {"email": f"Li.Lei+{tag}@Example.com", "city": "Chongqing"})
+        client.track(
+            f"user-{tag}",
+            "Order Completed",
+            {"order_id": f"o-{tag}", "revenue": 199.9, "currency": "CNY"},
+        )
+        client.page(f"user-{tag}", "Shop", "Home", {"url": "https://shop.example.cn/"})
+        client.group(f"user-{tag}", "company-1", {"name": "Initech"})
+        client.alias(f"anon-{tag}", f"user-{tag}")
+        if gzip:
+            client.flush()
+            client.shutdown()
+    assert errors == []
+
+    admin = {"Authorization": f"Bearer {server['admin_key']}"}
+    profile = httpx.get(f"{server['url']}/api/profiles/user_id:user-gz", headers=admin)
+    assert profile.status_code == 200, profile.text
+    body = profile.json()
+    assert body["counts"]["total"] == 5
+    assert body["counts"]["by_event"] == {"Order Completed": 1}
+    assert {t["key"]: t["value"] for t in body["traits"]}["city"] == "Chongqing"
+    assert {"kind": "email", "value": "li.lei+gz@example.com"} in [
+        {"kind": i["kind"], "value": i["value"]} for i in body["identifiers"]
+    ]
+    count = httpx.get(f"{server['url']}/api/events/count", headers=admin)
+    assert count.json()["count"] == 10
