@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -230,9 +230,14 @@ class _Features:
     snapshots: set[tuple[str, datetime]] = field(default_factory=set)
     event_columns: set[str] = field(default_factory=lambda: {"event", "timestamp"})
     # Start of each event feature's window (None: unbounded), to prune the scan.
-    event_starts: list[datetime | None] = field(default_factory=list)
+    # Row test of every event condition (rows passing none are not aggregated).
+    event_rows: list[Callable[[ir.Table], ir.BooleanValue]] = field(default_factory=list)
+    # Sources read by each node being compiled (innermost last).
+    reading: list[set[Source]] = field(default_factory=list)
 
     def add(self, source: Source, key: str, fn: RowFn) -> str:
+        for frame in self.reading:
+            frame.add(source)
         name = self.keys.get((source, key))
         if name is None:
             name = f"{source[0]}{len(self.keys)}"
@@ -244,11 +249,17 @@ class _Features:
 @dataclass(frozen=True)
 class _Compiled:
     """A compiled node: its test over the joined feature table, its value for a
-    person with no data, and the sources every member must appear in."""
+    person with no data, the sources every member must appear in, the sources
+    its test reads, and (for ``and``) the flattened conjuncts."""
 
     test: Test
     on_empty: bool
     requires: frozenset[Source]
+    reads: frozenset[Source] = frozenset()
+    conjuncts: tuple[_Compiled, ...] = ()
+
+    def parts(self) -> tuple[_Compiled, ...]:
+        return self.conjuncts or (self,)
 
 
 class _Compiler:
@@ -262,7 +273,13 @@ class _Compiler:
         handler = _HANDLERS.get(type(rule))
         if handler is None:  # pragma: no cover - every model type has a handler
             raise UnsupportedRule(f"no compile rule for {type(rule).__name__}", field=path)
-        return handler(self, rule, path)
+        reads: set[Source] = set()
+        self.f.reading.append(reads)
+        try:
+            compiled = handler(self, rule, path)
+        finally:
+            self.f.reading.pop()
+        return replace(compiled, reads=frozenset(reads))
 
     # -- event rows ------------------------------------------------------------------
 
@@ -341,14 +358,15 @@ class _Compiler:
             field=path,
         )
 
-    def measure_column(self, prop: str, path: str) -> Callable[[ir.Table], ir.FloatingValue]:
+    def measure_column(self, prop: str, path: str) -> Callable[[ir.Table], ir.NumericValue]:
         typed = TYPED_PROPERTIES.get(prop)
         if typed is not None:
             if typed[1] != "number":
                 raise UnsupportedRule(f"{prop} is text; aggregate a number", field=path)
             column = typed[0]
             self.f.event_columns.add(column)
-            return lambda r: r[column].cast("float64")
+            # Money stays DECIMAL while it is summed; the aggregate is cast afterwards.
+            return lambda r: r[column]
         if "[]" in prop:
             raise UnsupportedRule(
                 "aggregates over array elements are not supported; "
@@ -377,8 +395,8 @@ class _Compiler:
                 cond = cond & t(r)
             return cond
 
+        self.f.event_rows.append(rows)
         bounds = window.bounds(self.at) if window else None
-        self.f.event_starts.append(bounds[0] if bounds else None)
         key = json.dumps(
             [event, [w.model_dump(mode="json") for w in where], str(bounds)], sort_keys=True
         )
@@ -482,7 +500,8 @@ def _and(c: _Compiler, rule: AndGroup, path: str) -> _Compiled:
         return out
 
     requires = frozenset().union(*(p.requires for p in parts))
-    return _Compiled(test, all(p.on_empty for p in parts), requires)
+    conjuncts = tuple(c for p in parts for c in p.parts())
+    return _Compiled(test, all(p.on_empty for p in parts), requires, conjuncts=conjuncts)
 
 
 def _or(c: _Compiler, rule: OrGroup, path: str) -> _Compiled:
@@ -677,13 +696,13 @@ def _source_rows(source: Source, f: _Features, at: datetime) -> ir.Table:
     """Resolved rows of ``source``, restricted to what the rule reads, as of ``at``."""
     at_lit = instant(at)
     if source == "events":
-        ev = _T_EVENTS.filter(
-            _T_EVENTS["timestamp"] <= at_lit, _T_EVENTS["event"].isin(sorted(f.event_names))
-        )
-        starts = f.event_starts
-        if starts and all(s is not None for s in starts):
-            # Every event feature looks at a window: rows before the earliest cannot count.
-            ev = ev.filter(ev["timestamp"] >= instant(min(s for s in starts if s is not None)))
+        # A row that passes no condition's test changes no feature: a person with only
+        # such rows is decided like a person without events. Keep the others only.
+        ev_t = _T_EVENTS
+        which = f.event_rows[0](ev_t)
+        for test in f.event_rows[1:]:
+            which = which | test(ev_t)
+        ev = ev_t.filter(ev_t["timestamp"] <= at_lit, which)
         return _resolved(ev, sorted(f.event_columns))
     if source == "traits":
         tr = _T_TRAITS.filter(
@@ -744,15 +763,34 @@ def compile_rule(rule: Rule, at: datetime, catalog: Catalog | None = None) -> Co
     c = _Compiler(at, catalog or NoSegments())
     root = c.node(rule, "")
     at_utc = c.at
+    sources = [s for s in _ORDER if c.f.aggs.get(s)]
+
+    def features(source: Source, rows: ir.Table) -> ir.Table:
+        aggs = c.f.aggs[source]
+        return rows.group_by("person_id").aggregate(**{n: fn(rows) for n, fn in aggs.items()})
+
     tables: dict[Source, ir.Table] = {}
-    for source in _ORDER:
-        aggs = c.f.aggs.get(source)
-        if not aggs:
+    driver = _driver(root, sources)
+    keep: ir.Table | None = None
+    if driver is not None:
+        # The conjuncts that read only the driving source are decided by it alone:
+        # apply them first and aggregate the other sources for those people only.
+        table = features(driver, _source_rows(driver, c.f, at_utc))
+        own = [p for p in root.parts() if p.reads == {driver} and not p.on_empty]
+        if own:
+            cond = own[0].test(table)
+            for p in own[1:]:
+                cond = cond & p.test(table)
+            table = table.filter(cond)
+            keep = table.select("person_id")
+        tables[driver] = table
+    for source in sources:
+        if source in tables:
             continue
         rows = _source_rows(source, c.f, at_utc)
-        tables[source] = rows.group_by("person_id").aggregate(
-            **{name: fn(rows) for name, fn in aggs.items()}
-        )
+        if keep is not None:
+            rows = rows.filter(rows["person_id"].isin(keep["person_id"]))
+        tables[source] = features(source, rows)
 
     if not tables:
         # Only constant-like nodes are impossible; every condition reads a source.
@@ -768,14 +806,22 @@ def compile_rule(rule: Rule, at: datetime, catalog: Catalog | None = None) -> Co
     )
 
 
+def _driver(root: _Compiled, sources: list[Source]) -> Source | None:
+    """The source every member must appear in (candidates come from it), if any."""
+    if root.on_empty:
+        return None
+    required = [s for s in _ORDER if s in root.requires and s in sources]
+    return required[0] if required else None
+
+
 def _join(tables: dict[Source, ir.Table], root: _Compiled, at: datetime) -> ir.Table:
     """One row per candidate person with every feature column (NULL when absent)."""
-    required = [s for s in _ORDER if s in root.requires and s in tables]
+    driver = _driver(root, list(tables))
     others = dict(tables)
     if root.on_empty:
         base = _everyone(at)
-    elif required:
-        base = others.pop(required[0])
+    elif driver is not None:
+        base = others.pop(driver)
     else:
         ids = [t.select("person_id") for t in tables.values()]
         base = ids[0]

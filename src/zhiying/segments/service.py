@@ -177,7 +177,15 @@ def _seen(warehouse: Warehouse, kind: str, names: set[str]) -> set[str]:
         else:
             table = ibis.table(ibis.Schema.from_pyarrow(TRAIT_UPDATES), name="trait_updates")
             column = "key"
-        query = table.filter(table[column].isin(missing)).select(name=table[column]).distinct()
+        # One LIMIT 1 probe per name: it stops at the first row instead of scanning
+        # the whole table for DISTINCT names.
+        probes = [
+            table.filter(table[column] == name).select(name=table[column]).limit(1)
+            for name in missing
+        ]
+        query = probes[0]
+        for probe in probes[1:]:
+            query = query.union(probe)
         found = warehouse.query(str(ibis.to_sql(query, dialect=warehouse.dialect)))
         hits = {str(v) for v in found.column("name").to_pylist()}
         with _known_lock:

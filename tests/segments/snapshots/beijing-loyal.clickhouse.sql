@@ -1,65 +1,72 @@
-SELECT
-  "t15"."person_id" AS "one_id"
-FROM (
+WITH "t9" AS (
   SELECT
-    "t11"."person_id" AS "person_id",
-    "t11"."t0" AS "t0",
-    "t14"."e1" AS "e1",
-    "t14"."e2" AS "e2",
-    "t14"."e3" AS "e3"
+    "t6"."person_id" AS "person_id",
+    CASE
+      WHEN countIf("t6"."key" = 'city') > 0
+      THEN argMaxIf(tuple("t6"."value"), "t6"."timestamp", "t6"."key" = 'city').1
+      ELSE CAST(NULL AS Nullable(String))
+    END AS "t0"
   FROM (
     SELECT
-      "t8"."person_id" AS "person_id",
-      CASE
-        WHEN countIf("t8"."key" = 'city') > 0
-        THEN argMaxIf(tuple("t8"."value"), "t8"."timestamp", "t8"."key" = 'city').1
-        ELSE CAST(NULL AS Nullable(String))
-      END AS "t0"
+      COALESCE("t3"."one_id", "t5"."one_id") AS "person_id",
+      "t5"."key" AS "key",
+      "t5"."value" AS "value",
+      "t5"."number" AS "number",
+      "t5"."timestamp" AS "timestamp"
     FROM (
       SELECT
-        COALESCE("t3"."one_id", "t6"."one_id") AS "person_id",
-        "t6"."key" AS "key",
-        "t6"."value" AS "value",
-        "t6"."number" AS "number",
-        "t6"."timestamp" AS "timestamp"
-      FROM (
-        SELECT
-          *
-        FROM "trait_updates" AS "t0"
-        WHERE
-          "t0"."timestamp" <= toDateTime64('2026-11-01 09:00:00.000000', 6, 'UTC')
-          AND "t0"."key" IN ('city')
-      ) AS "t6"
-      LEFT OUTER JOIN "one_id_aliases" AS "t3"
-        ON "t6"."one_id" = "t3"."alias"
-    ) AS "t8"
-    GROUP BY
-      "t8"."person_id"
-  ) AS "t11"
+        *
+      FROM "trait_updates" AS "t0"
+      WHERE
+        "t0"."timestamp" <= toDateTime64('2026-11-01 09:00:00.000000', 6, 'UTC')
+        AND "t0"."key" IN ('city')
+    ) AS "t5"
+    LEFT OUTER JOIN "one_id_aliases" AS "t3"
+      ON "t5"."one_id" = "t3"."alias"
+  ) AS "t6"
+  GROUP BY
+    "t6"."person_id"
+)
+SELECT
+  "t19"."person_id" AS "one_id"
+FROM (
+  SELECT
+    "t14"."person_id" AS "person_id",
+    "t14"."t0" AS "t0",
+    "t18"."e1" AS "e1",
+    "t18"."e2" AS "e2",
+    "t18"."e3" AS "e3"
+  FROM (
+    SELECT
+      *
+    FROM "t9" AS "t11"
+    WHERE
+      COALESCE("t11"."t0" = 'Beijing', FALSE)
+  ) AS "t14"
   LEFT OUTER JOIN (
     SELECT
-      "t12"."person_id" AS "k_events",
-      "t12"."e1" AS "e1",
-      "t12"."e2" AS "e2",
-      "t12"."e3" AS "e3"
+      "t16"."person_id" AS "k_events",
+      "t16"."e1" AS "e1",
+      "t16"."e2" AS "e2",
+      "t16"."e3" AS "e3"
     FROM (
       SELECT
-        "t9"."person_id" AS "person_id",
+        "t15"."person_id" AS "person_id",
         countIf(
           (
-            "t9"."event" = 'Application Opened'
+            "t15"."event" = 'Application Opened'
           )
           AND (
-            "t9"."timestamp" >= toDateTime64('2026-08-03 09:00:00.000000', 6, 'UTC')
+            "t15"."timestamp" >= toDateTime64('2026-08-03 09:00:00.000000', 6, 'UTC')
           )
         ) AS "e1",
-        countIf("t9"."event" = 'Order Completed') AS "e2",
+        countIf("t15"."event" = 'Order Completed') AS "e2",
         countIf(
           (
-            "t9"."event" = 'Order Completed'
+            "t15"."event" = 'Order Completed'
           )
           AND (
-            "t9"."timestamp" >= toDateTime64('2026-10-25 09:00:00.000000', 6, 'UTC')
+            "t15"."timestamp" >= toDateTime64('2026-10-25 09:00:00.000000', 6, 'UTC')
           )
           AND COALESCE(
             arrayReduce(
@@ -68,7 +75,7 @@ FROM (
                 "x" -> "x" IS NOT NULL,
                 arrayMap(
                   __ibis_param_p__ -> COALESCE(CAST(__ibis_param_p__.4 AS Nullable(String)) = 'Shiseido', FALSE),
-                  "t9"."products"
+                  "t15"."products"
                 )
               )
             ),
@@ -77,29 +84,74 @@ FROM (
         ) AS "e3"
       FROM (
         SELECT
-          COALESCE("t3"."one_id", "t7"."one_id") AS "person_id",
-          "t7"."event" AS "event",
-          "t7"."products" AS "products",
-          "t7"."timestamp" AS "timestamp"
+          *
         FROM (
           SELECT
-            *
-          FROM "events" AS "t2"
-          WHERE
-            "t2"."timestamp" <= toDateTime64('2026-11-01 09:00:00.000000', 6, 'UTC')
-            AND "t2"."event" IN ('Application Opened', 'Order Completed')
-        ) AS "t7"
-        LEFT OUTER JOIN "one_id_aliases" AS "t3"
-          ON "t7"."one_id" = "t3"."alias"
-      ) AS "t9"
+            COALESCE("t3"."one_id", "t8"."one_id") AS "person_id",
+            "t8"."event" AS "event",
+            "t8"."products" AS "products",
+            "t8"."timestamp" AS "timestamp"
+          FROM (
+            SELECT
+              *
+            FROM "events" AS "t2"
+            WHERE
+              "t2"."timestamp" <= toDateTime64('2026-11-01 09:00:00.000000', 6, 'UTC')
+              AND (
+                (
+                  (
+                    "t2"."event" = 'Application Opened'
+                  )
+                  AND (
+                    "t2"."timestamp" >= toDateTime64('2026-08-03 09:00:00.000000', 6, 'UTC')
+                  )
+                )
+                OR (
+                  "t2"."event" = 'Order Completed'
+                )
+                OR (
+                  (
+                    "t2"."event" = 'Order Completed'
+                  )
+                  AND (
+                    "t2"."timestamp" >= toDateTime64('2026-10-25 09:00:00.000000', 6, 'UTC')
+                  )
+                  AND COALESCE(
+                    arrayReduce(
+                      'max',
+                      arrayFilter(
+                        "x" -> "x" IS NOT NULL,
+                        arrayMap(
+                          __ibis_param_p__ -> COALESCE(CAST(__ibis_param_p__.4 AS Nullable(String)) = 'Shiseido', FALSE),
+                          "t2"."products"
+                        )
+                      )
+                    ),
+                    FALSE
+                  )
+                )
+              )
+          ) AS "t8"
+          LEFT OUTER JOIN "one_id_aliases" AS "t3"
+            ON "t8"."one_id" = "t3"."alias"
+        ) AS "t10"
+        WHERE
+          CAST("t10"."person_id" IN (
+            SELECT
+              "t11"."person_id" AS "person_id"
+            FROM "t9" AS "t11"
+            WHERE
+              COALESCE("t11"."t0" = 'Beijing', FALSE)
+          ) AS Nullable(Bool))
+      ) AS "t15"
       GROUP BY
-        "t9"."person_id"
-    ) AS "t12"
-  ) AS "t14"
-    ON "t11"."person_id" = "t14"."k_events"
-) AS "t15"
+        "t15"."person_id"
+    ) AS "t16"
+  ) AS "t18"
+    ON "t14"."person_id" = "t18"."k_events"
+) AS "t19"
 WHERE
-  COALESCE("t15"."t0" = 'Beijing', FALSE)
-  AND COALESCE(COALESCE("t15"."e1", 0) >= 3.0, FALSE)
-  AND COALESCE(COALESCE("t15"."e2", 0) >= 1.0, FALSE)
-  AND COALESCE("t15"."e3", 0) = 0
+  COALESCE("t19"."t0" = 'Beijing', FALSE)
+  AND COALESCE(COALESCE("t19"."e1", 0) >= 3.0, FALSE)
+  AND COALESCE(COALESCE("t19"."e2", 0) >= 1.0, FALSE)
+  AND COALESCE("t19"."e3", 0) = 0

@@ -1,73 +1,80 @@
-SELECT
-  `t15`.`person_id` AS `one_id`
-FROM (
+WITH `t9` AS (
   SELECT
-    `t11`.`person_id`,
-    `t11`.`t0`,
-    `t14`.`e1`,
-    `t14`.`e2`,
-    `t14`.`e3`
+    `t6`.`person_id`,
+    IF(
+      SUM(CAST(`t6`.`key` = 'city' AS BIGINT)) > 0,
+      MAX_BY(
+        IF(`t6`.`key` = 'city', `t6`.`value`, NULL),
+        IF(`t6`.`key` = 'city', `t6`.`timestamp`, NULL)
+      ),
+      CAST(NULL AS STRING)
+    ) AS `t0`
   FROM (
     SELECT
-      `t8`.`person_id`,
-      IF(
-        SUM(CAST(`t8`.`key` = 'city' AS BIGINT)) > 0,
-        MAX_BY(
-          IF(`t8`.`key` = 'city', `t8`.`value`, NULL),
-          IF(`t8`.`key` = 'city', `t8`.`timestamp`, NULL)
-        ),
-        CAST(NULL AS STRING)
-      ) AS `t0`
+      COALESCE(`t3`.`one_id`, `t5`.`one_id`) AS `person_id`,
+      `t5`.`key`,
+      `t5`.`value`,
+      `t5`.`number`,
+      `t5`.`timestamp`
     FROM (
       SELECT
-        COALESCE(`t3`.`one_id`, `t6`.`one_id`) AS `person_id`,
-        `t6`.`key`,
-        `t6`.`value`,
-        `t6`.`number`,
-        `t6`.`timestamp`
-      FROM (
-        SELECT
-          *
-        FROM `trait_updates` AS `t0`
-        WHERE
-          `t0`.`timestamp` <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
-          AND `t0`.`key` IN ('city')
-      ) AS `t6`
-      LEFT OUTER JOIN `one_id_aliases` AS `t3`
-        ON `t6`.`one_id` = `t3`.`alias`
-    ) AS `t8`
-    GROUP BY
-      1
-  ) AS `t11`
+        *
+      FROM `trait_updates` AS `t0`
+      WHERE
+        `t0`.`timestamp` <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
+        AND `t0`.`key` IN ('city')
+    ) AS `t5`
+    LEFT OUTER JOIN `one_id_aliases` AS `t3`
+      ON `t5`.`one_id` = `t3`.`alias`
+  ) AS `t6`
+  GROUP BY
+    1
+)
+SELECT
+  `t19`.`person_id` AS `one_id`
+FROM (
+  SELECT
+    `t14`.`person_id`,
+    `t14`.`t0`,
+    `t18`.`e1`,
+    `t18`.`e2`,
+    `t18`.`e3`
+  FROM (
+    SELECT
+      *
+    FROM `t9` AS `t11`
+    WHERE
+      COALESCE(`t11`.`t0` = 'Beijing', FALSE)
+  ) AS `t14`
   LEFT OUTER JOIN (
     SELECT
-      `t12`.`person_id` AS `k_events`,
-      `t12`.`e1`,
-      `t12`.`e2`,
-      `t12`.`e3`
+      `t16`.`person_id` AS `k_events`,
+      `t16`.`e1`,
+      `t16`.`e2`,
+      `t16`.`e3`
     FROM (
       SELECT
-        `t9`.`person_id`,
+        `t15`.`person_id`,
         SUM(
           CAST((
-            `t9`.`event` = 'Application Opened'
+            `t15`.`event` = 'Application Opened'
           )
           AND (
-            `t9`.`timestamp` >= CAST('2026-08-03 09:00:00.000000' AS TIMESTAMP)
+            `t15`.`timestamp` >= CAST('2026-08-03 09:00:00.000000' AS TIMESTAMP)
           ) AS BIGINT)
         ) AS `e1`,
-        SUM(CAST(`t9`.`event` = 'Order Completed' AS BIGINT)) AS `e2`,
+        SUM(CAST(`t15`.`event` = 'Order Completed' AS BIGINT)) AS `e2`,
         SUM(
           CAST((
-            `t9`.`event` = 'Order Completed'
+            `t15`.`event` = 'Order Completed'
           )
           AND (
-            `t9`.`timestamp` >= CAST('2026-10-25 09:00:00.000000' AS TIMESTAMP)
+            `t15`.`timestamp` >= CAST('2026-10-25 09:00:00.000000' AS TIMESTAMP)
           )
           AND COALESCE(
             ARRAY_MAX(
               TRANSFORM(
-                `t9`.`products`,
+                `t15`.`products`,
                 __ibis_param_p__ -> COALESCE(__ibis_param_p__.`brand` = 'Shiseido', FALSE)
               )
             ),
@@ -76,29 +83,70 @@ FROM (
         ) AS `e3`
       FROM (
         SELECT
-          COALESCE(`t3`.`one_id`, `t7`.`one_id`) AS `person_id`,
-          `t7`.`event`,
-          `t7`.`products`,
-          `t7`.`timestamp`
+          *
         FROM (
           SELECT
-            *
-          FROM `events` AS `t2`
-          WHERE
-            `t2`.`timestamp` <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
-            AND `t2`.`event` IN ('Application Opened', 'Order Completed')
-        ) AS `t7`
-        LEFT OUTER JOIN `one_id_aliases` AS `t3`
-          ON `t7`.`one_id` = `t3`.`alias`
-      ) AS `t9`
+            COALESCE(`t3`.`one_id`, `t8`.`one_id`) AS `person_id`,
+            `t8`.`event`,
+            `t8`.`products`,
+            `t8`.`timestamp`
+          FROM (
+            SELECT
+              *
+            FROM `events` AS `t2`
+            WHERE
+              `t2`.`timestamp` <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
+              AND (
+                (
+                  (
+                    `t2`.`event` = 'Application Opened'
+                  )
+                  AND (
+                    `t2`.`timestamp` >= CAST('2026-08-03 09:00:00.000000' AS TIMESTAMP)
+                  )
+                )
+                OR (
+                  `t2`.`event` = 'Order Completed'
+                )
+                OR (
+                  (
+                    `t2`.`event` = 'Order Completed'
+                  )
+                  AND (
+                    `t2`.`timestamp` >= CAST('2026-10-25 09:00:00.000000' AS TIMESTAMP)
+                  )
+                  AND COALESCE(
+                    ARRAY_MAX(
+                      TRANSFORM(
+                        `t2`.`products`,
+                        __ibis_param_p__ -> COALESCE(__ibis_param_p__.`brand` = 'Shiseido', FALSE)
+                      )
+                    ),
+                    FALSE
+                  )
+                )
+              )
+          ) AS `t8`
+          LEFT OUTER JOIN `one_id_aliases` AS `t3`
+            ON `t8`.`one_id` = `t3`.`alias`
+        ) AS `t10`
+        WHERE
+          `t10`.`person_id` IN (
+            SELECT
+              `t11`.`person_id`
+            FROM `t9` AS `t11`
+            WHERE
+              COALESCE(`t11`.`t0` = 'Beijing', FALSE)
+          )
+      ) AS `t15`
       GROUP BY
         1
-    ) AS `t12`
-  ) AS `t14`
-    ON `t11`.`person_id` = `t14`.`k_events`
-) AS `t15`
+    ) AS `t16`
+  ) AS `t18`
+    ON `t14`.`person_id` = `t18`.`k_events`
+) AS `t19`
 WHERE
-  COALESCE(`t15`.`t0` = 'Beijing', FALSE)
-  AND COALESCE(COALESCE(`t15`.`e1`, 0) >= 3.0, FALSE)
-  AND COALESCE(COALESCE(`t15`.`e2`, 0) >= 1.0, FALSE)
-  AND COALESCE(`t15`.`e3`, 0) = 0
+  COALESCE(`t19`.`t0` = 'Beijing', FALSE)
+  AND COALESCE(COALESCE(`t19`.`e1`, 0) >= 3.0, FALSE)
+  AND COALESCE(COALESCE(`t19`.`e2`, 0) >= 1.0, FALSE)
+  AND COALESCE(`t19`.`e3`, 0) = 0
