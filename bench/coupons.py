@@ -179,11 +179,11 @@ def bench_issue(tmp: Path, url: str | None, label: str, n: int) -> None:
     try:
         t = svc.create_template(stores.engine, _spec(FIXED), NOW).template_id
         people = [f"seg{i:07d}" for i in range(n)]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r = svc.issue_batch(
-            stores.engine, stores.warehouse, t, people, NOW, batch_key="segment-1", chunk_size=10000
+            stores.engine, stores.warehouse, t, people, NOW, batch_key="segment-1", chunk_size=50000
         )
-        ours = time.perf_counter() - t0
+        ours, cpu = time.perf_counter() - t0, time.process_time() - c0
         assert r.issued == n and r.events_written == n, r
         # baseline: the same coupon rows, bare executemany into an empty copy of the table
         md = sa.MetaData()
@@ -204,9 +204,10 @@ def bench_issue(tmp: Path, url: str | None, label: str, n: int) -> None:
                 conn.execute(copy.insert(), rows[start : start + 10000])
         base = time.perf_counter() - t0
         print(
-            f"batch issuance of {n:,} coupons, {label}: {ours:.1f} s "
-            f"({n / ours:,.0f}/s; coupons + ledger + counters + {r.events_written:,} warehouse "
-            f"events) | baseline bare executemany of the coupon rows: {base:.1f} s"
+            f"batch issuance of {n:,} coupons, {label}: {ours:.1f} s wall, {cpu:.1f} s CPU of "
+            f"this process ({n / ours:,.0f}/s; coupons + ledger + counters + "
+            f"{r.events_written:,} warehouse events) | baseline bare executemany of the "
+            f"coupon rows: {base:.1f} s"
         )
     finally:
         stores.close()

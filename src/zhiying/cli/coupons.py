@@ -69,13 +69,20 @@ def issue(
     one_ids_file: Path | None = typer.Option(
         None, "--one-ids", exists=True, help="One ONE_ID per line (e.g. a segment export)."
     ),
-    chunk_size: int = typer.Option(5000, min=1, help="People per transaction."),
+    segment_id: str | None = typer.Option(
+        None, "--segment", help="A saved segment: issue to its current members."
+    ),
+    chunk_size: int = typer.Option(20000, min=1, help="People per transaction."),
 ) -> None:
-    """Issue one coupon to every person of a segment export or a CSV, with a progress bar."""
-    if (csv_file is None) == (one_ids_file is None):
-        raise typer.BadParameter("give exactly one of --csv or --one-ids")
+    """Issue one coupon to every member of a segment, every person of a CSV or of a
+    ONE_ID list, with a progress bar (also ``issue-batch``)."""
+    if sum(x is not None for x in (csv_file, one_ids_file, segment_id)) != 1:
+        raise typer.BadParameter("give exactly one of --segment, --csv or --one-ids")
     with stores_for_cli() as stores:
-        if csv_file is not None:
+        if segment_id is not None:
+            people = audience.segment_members(stores, segment_id, stores.clock.now())
+            console.print(f"segment {segment_id}: {len(people)} members")
+        elif csv_file is not None:
             resolved = audience.resolve(
                 stores.engine,
                 audience.read_refs(csv_file),
@@ -124,6 +131,9 @@ def issue(
             f"[yellow]{result.events_pending} events wait in the ledger outbox;[/yellow] "
             "`zhiying coupons sweep` exports them"
         )
+
+
+app.command("issue-batch")(issue)
 
 
 @app.command()

@@ -12,10 +12,10 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from zhiying.api.deps import AdminKey, StoresDep
-from zhiying.coupons import abuse, ledger
+from zhiying.coupons import abuse, audience, ledger
 from zhiying.coupons import service as svc
 from zhiying.coupons.models import Cart, CartLine, RequestContext, Template, TemplateSpec
 from zhiying.coupons.pricing import Quote
@@ -118,8 +118,18 @@ class IssueIn(BaseModel):
 
 
 class BatchIn(BaseModel):
+    """Who gets the batch: ``one_ids`` (up to 100,000) or ``segment_id`` (the saved
+    segment's current members), exactly one of them."""
+
     batch_key: str = Field(min_length=1, max_length=64, pattern=r"^[^/]+$")
-    one_ids: list[str] = Field(min_length=1, max_length=100_000)
+    one_ids: list[str] | None = Field(default=None, min_length=1, max_length=100_000)
+    segment_id: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_audience(self) -> BatchIn:
+        if (self.one_ids is None) == (self.segment_id is None):
+            raise ValueError("give exactly one of one_ids or segment_id")
+        return self
 
 
 class BatchOut(BaseModel):
@@ -244,14 +254,21 @@ def issue(
 
 @router.post("/templates/{template_id}/batches")
 def issue_batch(template_id: str, body: BatchIn, stores: StoresDep, _: AdminKey) -> BatchOut:
-    """Issue to a list of ONE_IDs (up to 100,000 per call; use ``zhiying coupons issue``
-    for a whole segment or a CSV). Idempotent by ``batch_key``."""
+    """Issue to a list of ONE_IDs (up to 100,000 per call) or to the current members of a
+    saved segment (``segment_id``; ``zhiying coupons issue-batch --segment`` shows progress).
+    Idempotent by ``batch_key``."""
+    now = stores.clock.now()
+    people = (
+        body.one_ids
+        if body.one_ids is not None
+        else audience.segment_members(stores, str(body.segment_id), now)
+    )
     r = svc.issue_batch(
         stores.engine,
         stores.warehouse,
         template_id,
-        body.one_ids,
-        stores.clock.now(),
+        people,
+        now,
         batch_key=body.batch_key,
         dedup_days=stores.settings.dedup_window_days,
     )

@@ -2,7 +2,7 @@
 
 Resolution is batched against the operational identity map (read only): one query per
 identifier kind and chunk, never one per person. Segment audiences arrive as ONE_IDs
-already and need no resolution.
+already and need no resolution (``segment_members``).
 """
 
 from __future__ import annotations
@@ -10,13 +10,18 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from zhiying.identity.identifiers import InvalidIdentifier, parse_ref
 from zhiying.store.tables import identifiers, one_ids
+
+if TYPE_CHECKING:
+    from zhiying.runtime import Stores
 
 _CHUNK = 2000
 HEADERS = {"ref": None, "user_id": "user_id", "one_id": "one_id"}
@@ -112,3 +117,13 @@ def resolve(engine: Engine, refs: Iterable[str], default_region: str = "CN") -> 
             seen.add(one_id)
             out.one_ids.append(one_id)
     return out
+
+
+def segment_members(stores: Stores, segment_id: str, at: datetime) -> list[str]:
+    """The current members (ONE_IDs, sorted) of saved segment ``segment_id``, evaluated
+    at ``at`` by the segments service (raises ``NotFound`` for an unknown segment)."""
+    from zhiying.segments import service as segments
+
+    rule = segments.get_segment(stores, segment_id).rule
+    found = segments.members(stores, rule, at)
+    return sorted(str(v) for v in found.column("one_id").to_pylist() if v is not None)

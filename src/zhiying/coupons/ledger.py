@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
@@ -27,7 +28,7 @@ from zhiying.coupons.bulk import bulk_insert
 from zhiying.store.tables import coupon_ledger, coupon_templates
 from zhiying.warehouse.base import Warehouse
 from zhiying.warehouse.events import append_events
-from zhiying.warehouse.schema import EVENTS
+from zhiying.warehouse.schema import EVENTS, TS
 
 EVENT_NAMES: dict[str, str] = {
     "issued": "Coupon Issued",
@@ -196,6 +197,60 @@ def events_table(
     for f in EVENTS:
         if f.name in data:
             arrays.append(pa.array(data[f.name], f.type))
+        else:
+            arrays.append(pa.nulls(n, f.type))
+    return pa.Table.from_arrays(arrays, schema=EVENTS)
+
+
+def issued_events_table(
+    codes: Sequence[str],
+    one_ids: Sequence[str],
+    template_id: str,
+    template: tuple[str, str],
+    face_value: int | None,
+    at: datetime,
+    received_at: datetime,
+) -> pa.Table:
+    """``Coupon Issued`` events of a batch, built column by column (pure).
+
+    The same rows ``events_table`` makes from the batch's ledger entries (action
+    ``issued``, seq 1, reason ``batch``), without a Python object per coupon.
+    """
+    n = len(codes)
+    name, kind = template
+    props: dict[str, Any] = {
+        "coupon_name": name,
+        "template_id": template_id,
+        "benefit": kind,
+        "action": "issued",
+        "from_state": None,
+        "to_state": "issued",
+    }
+    if face_value is not None:
+        props["face_value_minor"] = face_value
+    props["reason"] = "batch"
+    tail = '",' + orjson.dumps(props).decode()[1:]
+    code_arr = pa.array(codes, pa.string())
+
+    def around(before: str, after: str) -> pa.Array:
+        return pc.binary_join_element_wise(before, code_arr, after, "")
+
+    data: dict[str, pa.Array] = {
+        "message_id": around("coupon:", ":1"),
+        "event": pa.repeat("Coupon Issued", n),
+        "one_id": pa.array(one_ids, pa.string()),
+        "coupon": code_arr,
+        "properties": around('{"coupon_id":"', tail),
+        "type": pa.repeat("track", n),
+        "source": pa.repeat("coupons", n),
+        "channel": pa.repeat("server", n),
+        "timestamp": pa.repeat(pa.scalar(_naive_utc(at), TS), n),
+        "received_at": pa.repeat(pa.scalar(_naive_utc(received_at), TS), n),
+    }
+    arrays = []
+    for f in EVENTS:
+        if f.name in data:
+            arrays.append(data[f.name].cast(f.type))
         else:
             arrays.append(pa.nulls(n, f.type))
     return pa.Table.from_arrays(arrays, schema=EVENTS)

@@ -347,6 +347,52 @@ class TemplateSpec(_Frozen):
     def group(self) -> str:
         return self.stacking.group or self.stage
 
+    @cached_property
+    def terms(self) -> Terms:
+        """The benefit and stacking as plain ints and strings, computed once per spec
+        (pricing reads them in its inner loops)."""
+        b = self.benefit
+        if isinstance(b, FullReduction):
+            kind, t = KIND_FULL, (b.threshold, b.reduction, int(b.stepped), _cap(b.max_reduction))
+        elif isinstance(b, PercentOff):
+            kind, t = KIND_PERCENT, (b.min_spend, b.percent_off_bp, _cap(b.max_discount), 0)
+        elif isinstance(b, FixedAmount):
+            kind, t = KIND_FIXED, (b.min_spend, b.amount, 0, 0)
+        elif isinstance(b, BuyNGetM):
+            kind, t = KIND_BUY, (b.buy, b.get, _cap(b.max_free_units), _cap(b.max_discount))
+        else:
+            kind, t = KIND_SHIP, (b.min_spend, _cap(b.max_discount), 0, 0)
+        return Terms(
+            kind, *t, STAGE_RANK[self.stage], self.stacking.priority, self.group,
+            self.stacking.exclusive,
+        )  # fmt: skip
+
+
+KIND_FULL, KIND_PERCENT, KIND_FIXED, KIND_BUY, KIND_SHIP = range(5)
+
+
+def _cap(v: int | None) -> int:
+    return -1 if v is None else v
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """A template's benefit compiled for pricing. ``kind`` is one of ``KIND_*``; ``a``–``d``
+    are, by kind: full reduction (threshold, reduction, stepped 0/1, max_reduction),
+    percent off (min_spend, bp, max_discount, 0), fixed amount (min_spend, amount, 0, 0),
+    buy N get M (buy, get, max_free_units, max_discount), free shipping (min_spend,
+    max_discount, 0, 0); ``-1`` means no cap."""
+
+    kind: int
+    a: int
+    b: int
+    c: int
+    d: int
+    stage_rank: int
+    priority: int
+    group: str
+    exclusive: bool
+
 
 # --- carts and candidates (inputs of pricing) -------------------------------------------
 

@@ -26,20 +26,22 @@ worth combining.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter, itemgetter
 
 from zhiying.coupons.models import (
-    STAGE_RANK,
+    KIND_BUY,
+    KIND_FIXED,
+    KIND_FULL,
+    KIND_PERCENT,
+    KIND_SHIP,
     BuyNGetM,
     Candidate,
     Cart,
-    FixedAmount,
     FreeShipping,
-    FullReduction,
-    PercentOff,
+    Scope,
     fmt_money,
 )
 
@@ -118,21 +120,45 @@ class Priced:
 
 # --- preparation ------------------------------------------------------------------------
 
+_FULL, _PERCENT, _FIXED, _BUY, _SHIP = KIND_FULL, KIND_PERCENT, KIND_FIXED, KIND_BUY, KIND_SHIP
+
 
 class _Prep:
-    """A candidate that passed the time and cart checks, with its eligible lines."""
+    """A candidate that passed the time and cart checks, compiled for the inner loops:
+    the benefit's terms as plain ints (``kind``, ``a``–``d``, see ``Terms``), its eligible
+    lines (summed with one ``itemgetter`` call) and their bit mask."""
 
-    __slots__ = ("bound", "cand", "eligible", "exclusive", "group", "key", "standalone")
+    __slots__ = (
+        "a", "all_lines", "b", "bound", "c", "cand", "d", "eligible", "exclusive", "group",
+        "key", "kind", "mask", "pick", "standalone",
+    )  # fmt: skip
 
-    def __init__(self, cand: Candidate, eligible: tuple[int, ...]) -> None:
-        spec = cand.spec
+    def __init__(
+        self, cand: Candidate, eligible: tuple[int, ...], mask: int, all_lines: bool
+    ) -> None:
+        t = cand.spec.terms
         self.cand = cand
         self.eligible = eligible
-        self.group = spec.group
-        self.exclusive = spec.stacking.exclusive
-        self.key = (STAGE_RANK[spec.stage], spec.stacking.priority, self.group, cand.code)
+        self.mask = mask
+        self.all_lines = all_lines
+        self.pick = itemgetter(*eligible) if len(eligible) > 1 else None
+        self.kind, self.a, self.b, self.c, self.d = t.kind, t.a, t.b, t.c, t.d
+        self.group = t.group
+        self.exclusive = t.exclusive
+        self.key = (t.stage_rank, t.priority, t.group, cand.code)
         self.standalone = 0
         self.bound = 0  # most it can give in any combination (see _search)
+
+    def total(self, amounts: Sequence[int]) -> int:
+        """What the eligible lines still cost."""
+        if self.all_lines:
+            return sum(amounts)
+        if self.pick is not None:
+            return sum(self.pick(amounts))
+        return amounts[self.eligible[0]] if self.eligible else 0
+
+
+_KEY = attrgetter("key")  # application order of a combination
 
 
 def _refuse(
@@ -164,6 +190,8 @@ def _check_time(c: Candidate, at: datetime) -> Refusal | None:
 
 def _check_cart(c: Candidate, cart: Cart) -> Refusal | None:
     s = c.spec.scope
+    if not (s.stores or s.cities or s.channels):
+        return None
     for field, allowed, value in (
         ("store", s.stores, cart.store_id),
         ("city", s.cities, cart.city),
@@ -181,7 +209,11 @@ def _prepare(
     preps: list[_Prep] = []
     refused: list[Refusal] = []
     seen: set[str] = set()
-    all_lines = tuple(range(len(cart.lines)))
+    n = len(cart.lines)
+    every = (1 << n) - 1
+    all_lines = tuple(range(n))
+    index = _LineIndex(cart)
+    lines_of: dict[int, tuple[int, ...]] = {every: all_lines}
     for c in coupons:
         if c.code in seen:
             refused.append(_refuse(c, "duplicate", "this coupon is offered twice"))
@@ -192,15 +224,63 @@ def _prepare(
             refused.append(why)
             continue
         scope = c.spec.scope
-        if scope.line_filtered:
-            eligible = tuple(i for i, line in enumerate(cart.lines) if scope.covers(line))
-        else:
-            eligible = all_lines
+        mask = index.mask(scope) if scope.line_filtered else every
+        eligible = lines_of.get(mask)
+        if eligible is None:
+            eligible = lines_of[mask] = tuple(i for i in all_lines if mask >> i & 1)
         if not eligible and not isinstance(c.spec.benefit, FreeShipping):
             refused.append(_refuse(c, "scope", "no line of the cart is in the coupon's scope"))
             continue
-        preps.append(_Prep(c, eligible))
+        preps.append(_Prep(c, eligible, mask, mask == every))
     return preps, refused
+
+
+class _LineIndex:
+    """Bit masks of the cart's lines by product, category and brand: a scope's lines are
+    a few dictionary lookups and bit operations (``Scope.covers`` over the whole cart)."""
+
+    __slots__ = ("brands", "categories", "every", "products")
+
+    def __init__(self, cart: Cart) -> None:
+        self.every = (1 << len(cart.lines)) - 1
+        self.products: dict[str, int] = {}
+        self.categories: dict[str | None, int] = {}
+        self.brands: dict[str | None, int] = {}
+        for i, line in enumerate(cart.lines):
+            bit = 1 << i
+            self.products[line.product_id] = self.products.get(line.product_id, 0) | bit
+            self.categories[line.category] = self.categories.get(line.category, 0) | bit
+            self.brands[line.brand] = self.brands.get(line.brand, 0) | bit
+
+    def mask(self, scope: Scope) -> int:
+        m = self.every
+        for wanted, by in (
+            (scope.products, self.products),
+            (scope.categories, self.categories),
+            (scope.brands, self.brands),
+        ):
+            if wanted:
+                m &= _union(wanted, by)
+        for unwanted, by in (
+            (scope.exclude_products, self.products),
+            (scope.exclude_categories, self.categories),
+            (scope.exclude_brands, self.brands),
+        ):
+            if unwanted:
+                m &= ~_union(unwanted, by)
+        return m
+
+
+def _union(values: frozenset[str], by: dict[str, int] | dict[str | None, int]) -> int:
+    m = 0
+    if len(values) < len(by):
+        for v in values:
+            m |= by.get(v, 0)
+    else:
+        for k, bits in by.items():
+            if k in values:
+                m |= bits
+    return m
 
 
 # --- one coupon on the amounts still payable ----------------------------------------------
@@ -219,27 +299,82 @@ def allocate(
         total += amounts[i]
     if discount == 0 or total == 0:
         return []
-    shares: list[list[int]] = []
+    shares = []
     given = 0
     for i in eligible:
-        q, r = divmod(discount * amounts[i], total)
-        shares.append([i, q, r])
+        q = discount * amounts[i] // total
+        shares.append(q)
         given += q
     leftover = discount - given
     if leftover:
-        for s in heapq.nsmallest(leftover, shares, key=lambda s: (-s[2], -amounts[s[0]], s[0])):
-            s[1] += 1
-    return [(s[0], s[1]) for s in shares if s[1]]
-
-
-def _unspread(
-    discount: int, eligible: Sequence[int], amounts: Sequence[int]
-) -> list[tuple[int, int]]:
-    return [(-1, discount)] if discount else []
+        # largest remainder first; ties to the larger line, then the earlier one
+        ranked = sorted(
+            (-(discount * amounts[i] - q * total), -amounts[i], k)
+            for k, (i, q) in enumerate(zip(eligible, shares, strict=True))
+        )
+        for _, _, k in ranked[:leftover]:
+            shares[k] += 1
+    return [(i, q) for i, q in zip(eligible, shares, strict=True) if q]
 
 
 _Short = tuple[str, int, int]  # (rule, needed, actual)
 _Step = tuple[_Prep, list[tuple[int, int]], int, _Short | None]  # coupon, lines, shipping, short
+
+
+def _discount(p: _Prep, total: int, shipping: int) -> int | _Short:
+    """The discount of an order or shipping coupon on ``total`` in scope, or its shortfall."""
+    kind = p.kind
+    if kind == _FULL:
+        if total < p.a:
+            return ("min_spend", p.a, total)
+        d = p.b * (total // p.a) if p.c else p.b
+        if 0 <= p.d < d:
+            d = p.d
+        return d if d < total else total
+    if kind == _PERCENT:
+        if total < p.a:
+            return ("min_spend", p.a, total)
+        d = (total * p.b + 5000) // 10000
+        if 0 <= p.c < d:
+            d = p.c
+        return d if d < total else total
+    if kind == _FIXED:
+        if total < p.a:
+            return ("min_spend", p.a, total)
+        return p.b if p.b < total else total
+    if total < p.a:  # free shipping
+        return ("min_spend", p.a, total)
+    return shipping if p.b < 0 or shipping < p.b else p.b
+
+
+def _free_units(
+    p: _Prep, amounts: Sequence[int], qty: Sequence[int]
+) -> list[tuple[int, int]] | _Short:
+    """Buy N get M: the free units' value per line (cheapest units first), or the shortfall."""
+    units = 0
+    for i in p.eligible:
+        units += qty[i]
+    size = p.a + p.b
+    if units < size:
+        return ("min_units", size, units)
+    free = (units // size) * p.b
+    if 0 <= p.c < free:
+        free = p.c
+    cap = p.d
+    out: list[tuple[int, int]] = []
+    # cheapest units first (the float ratio only orders the lines)
+    for i in sorted(p.eligible, key=lambda j: (amounts[j] / qty[j], j)):
+        if free <= 0:
+            break
+        k = min(qty[i], free)
+        free -= k
+        d = amounts[i] * k // qty[i]
+        if cap >= 0:
+            d = min(d, cap)
+            cap -= d
+        if d:
+            out.append((i, d))
+    return out
 
 
 def _apply(
@@ -250,60 +385,19 @@ def _apply(
     With ``spread=False`` an order-level discount is not allocated to lines but returned
     as one pair ``(-1, discount)`` (for callers that only need the amount).
     """
-    b = p.cand.spec.benefit
-    share = allocate if spread else _unspread
-    eligible = p.eligible
-    total = 0
-    for i in eligible:
-        total += amounts[i]
-    if isinstance(b, FullReduction):
-        if total < b.threshold:
-            return [], 0, ("min_spend", b.threshold, total)
-        d = b.reduction * (total // b.threshold if b.stepped else 1)
-        if b.max_reduction is not None and d > b.max_reduction:
-            d = b.max_reduction
-        return share(min(d, total), eligible, amounts), 0, None
-    if isinstance(b, PercentOff):
-        if total < b.min_spend:
-            return [], 0, ("min_spend", b.min_spend, total)
-        d = (total * b.percent_off_bp + 5000) // 10000
-        if b.max_discount is not None and d > b.max_discount:
-            d = b.max_discount
-        return share(min(d, total), eligible, amounts), 0, None
-    if isinstance(b, FixedAmount):
-        if total < b.min_spend:
-            return [], 0, ("min_spend", b.min_spend, total)
-        return share(min(b.amount, total), eligible, amounts), 0, None
-    if isinstance(b, BuyNGetM):
-        units = 0
-        for i in eligible:
-            units += qty[i]
-        size = b.buy + b.get
-        if units < size:
-            return [], 0, ("min_units", size, units)
-        free = (units // size) * b.get
-        if b.max_free_units is not None:
-            free = min(free, b.max_free_units)
-        cap = b.max_discount
-        out: list[tuple[int, int]] = []
-        # cheapest units first (the float ratio only orders the lines)
-        for i in sorted(eligible, key=lambda j: (amounts[j] / qty[j], j)):
-            if free <= 0:
-                break
-            k = min(qty[i], free)
-            free -= k
-            d = amounts[i] * k // qty[i]
-            if cap is not None:
-                d = min(d, cap)
-                cap -= d
-            if d:
-                out.append((i, d))
-        return out, 0, None
-    assert isinstance(b, FreeShipping)
-    if total < b.min_spend:
-        return [], 0, ("min_spend", b.min_spend, total)
-    d = shipping if b.max_discount is None else min(shipping, b.max_discount)
-    return [], d, None
+    if p.kind == _BUY:
+        units = _free_units(p, amounts, qty)
+        if isinstance(units, tuple):
+            return [], 0, units
+        return units, 0, None
+    d = _discount(p, p.total(amounts), shipping)
+    if isinstance(d, tuple):
+        return [], 0, d
+    if p.kind == _SHIP:
+        return [], d, None
+    if not spread:
+        return ([(-1, d)] if d else []), 0, None
+    return allocate(d, p.eligible, amounts), 0, None
 
 
 def _shortfall_message(p: _Prep, short: _Short) -> Refusal:
@@ -345,18 +439,25 @@ def _search(preps: list[_Prep], base: list[int], qty: list[int], shipping: int) 
     for p in useful:
         # Free units are valued with a floor per line, so on smaller amounts the cheapest
         # units can land on other lines and gain up to one minor unit per line.
-        slack = len(p.eligible) if isinstance(p.cand.spec.benefit, BuyNGetM) else 0
-        p.bound = p.standalone + slack
+        # Its cap (max_discount) bounds it too.
+        p.bound = p.standalone
+        if p.kind == _BUY:
+            p.bound += len(p.eligible)
+            if 0 <= p.d < p.bound:
+                p.bound = p.d
     best: list[_Prep] = []
     best_val = 0
     best_codes: tuple[str, ...] = ()
 
+    def beats(value: int, combo: list[_Prep], codes: tuple[str, ...]) -> bool:
+        return (value, -len(combo)) > (best_val, -len(best)) or (
+            value == best_val and len(combo) == len(best) and codes < best_codes
+        )
+
     def consider(combo: list[_Prep], value: int) -> None:
         nonlocal best, best_val, best_codes
         codes = tuple(sorted(p.cand.code for p in combo))
-        if (value, -len(combo)) > (best_val, -len(best)) or (
-            value == best_val and len(combo) == len(best) and codes < best_codes
-        ):
+        if beats(value, combo, codes):
             best, best_val, best_codes = combo, value, codes
 
     for p in useful:
@@ -396,14 +497,22 @@ def _search(preps: list[_Prep], base: list[int], qty: list[int], shipping: int) 
         return total
 
     def dfs(level: int, bound: int) -> None:
+        nonlocal best, best_val, best_codes
         if bound + suffix[level] < best_val:
             return
         if level == len(levels):
             if chosen:
-                combo = sorted(chosen, key=lambda p: p.key)
+                combo = sorted(chosen, key=_KEY)
+                codes = tuple(sorted(p.cand.code for p in combo))
+                # The value is at most ``bound``: skip the evaluation when even that loses.
+                if not beats(bound, combo, codes):
+                    return
                 value = value_of(combo) if len(combo) > 1 else combo[0].standalone
-                consider(combo, value)
+                if beats(value, combo, codes):
+                    best, best_val, best_codes = combo, value, codes
             return
+        if bound + suffix[level] == best_val and len(chosen) > len(best):
+            return  # at most a tie, with more coupons
         for p in levels[level]:
             if bound + p.bound + suffix[level + 1] < best_val:
                 break  # sorted by bound: the rest bound even lower

@@ -22,31 +22,35 @@ it changed nothing, so a replay evaluates it again.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
+import numpy as np
 import orjson
+import pyarrow as pa
 import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from zhiying.coupons import abuse
-from zhiying.coupons.bulk import bulk_insert
+from zhiying.coupons.bulk import Same, insert_columns
+from zhiying.coupons.ledger import COLUMNS as LEDGER_COLUMNS
 from zhiying.coupons.ledger import (
     PUBLISH_PAGE,
     LedgerEntry,
+    issued_events_table,
     mark_batch_published,
     record,
     template_names,
-    write_events,
 )
 from zhiying.coupons.models import (
     Candidate,
@@ -58,8 +62,15 @@ from zhiying.coupons.models import (
 )
 from zhiying.coupons.pricing import Quote, price_combination, quote
 from zhiying.errors import Conflict, NotFound, ValidationFailed, ZhiyingError
-from zhiying.store.tables import coupon_blocks, coupon_requests, coupon_templates, coupons
+from zhiying.store.tables import (
+    coupon_blocks,
+    coupon_ledger,
+    coupon_requests,
+    coupon_templates,
+    coupons,
+)
 from zhiying.warehouse.base import Warehouse
+from zhiying.warehouse.events import append_events
 
 # --- errors ------------------------------------------------------------------------------
 
@@ -191,10 +202,24 @@ def _begin_immediate(conn: Connection, patience: float = 300.0) -> None:
                 raise
 
 
+_B32 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", dtype=np.uint8)
+_BYTE_SHIFTS = np.array([32, 24, 16, 8, 0], dtype=np.uint64)
+_CHAR_SHIFTS = np.array([35, 30, 25, 20, 15, 10, 5, 0], dtype=np.uint64)
+
+
 def new_codes(n: int) -> list[str]:
-    """``n`` unguessable codes: 80 random bits each from ``secrets``, 16 base32 characters."""
-    raw = base64.b32encode(secrets.token_bytes(10 * n)).decode("ascii")
-    return [raw[i : i + 16] for i in range(0, 16 * n, 16)]
+    """``n`` unguessable codes: 80 random bits each from ``secrets``, 16 base32 characters
+    (RFC 4648 alphabet; the same text as ``base64.b32encode`` of the 10 bytes), encoded
+    for all ``n`` at once."""
+    if n <= 0:
+        return []
+    # every 5 bytes are one 40-bit number, written as 8 characters of 5 bits
+    raw = np.frombuffer(secrets.token_bytes(10 * n), dtype=np.uint8).reshape(2 * n, 5)
+    v = raw.astype(np.uint64) << _BYTE_SHIFTS
+    v = np.bitwise_or.reduce(v, axis=1)
+    groups = (v[:, None] >> _CHAR_SHIFTS) & np.uint64(31)
+    text = _B32[groups].tobytes().decode("ascii")
+    return [text[i : i + 16] for i in range(0, 16 * n, 16)]
 
 
 def _new_id(prefix: str) -> str:
@@ -538,142 +563,181 @@ def issue_batch(
     requested = issued = already = over_limit = blocked = not_issued = 0
     stopped_by: str | None = None
     run = secrets.token_hex(4)
-    pending_entries: list[LedgerEntry] = []
+    pending_tables: list[pa.Table] = []
+    pending_rows = 0
     pending_batches: list[str] = []
+    fresh = True  # every coupon of the template so far is this run's (checked per chunk)
     written = pending = 0
     publish_failed = False
     names: dict[str, tuple[str, str]] | None = None
 
+    # Events are written by one background thread while the next chunks go to the
+    # operational store; a page's ledger rows are marked published (in a later chunk's
+    # transaction, or at the end) only once its events are stored.
+    writer = ThreadPoolExecutor(1, thread_name_prefix="coupon-events") if warehouse else None
+    inflight: deque[tuple[Future[int], list[str], int]] = deque()
+
     def flush() -> None:
-        nonlocal written, pending, publish_failed, names
-        if not pending_entries:
+        nonlocal pending, pending_rows
+        if not pending_rows:
             return
-        if warehouse is None or publish_failed:
-            pending += len(pending_entries)
+        if warehouse is None or writer is None or publish_failed:
+            pending += pending_rows
         else:
-            try:
-                if names is None:
-                    with engine.connect() as conn:
-                        names = template_names(conn)
-                written += write_events(warehouse, pending_entries, names, now, dedup_days)
+            if len(inflight) >= 2:  # at most two pages in memory
                 with engine.begin() as conn:
-                    mark_batch_published(conn, pending_batches)
+                    settle(conn, keep=1)
+            table = pa.concat_tables(pending_tables)
+            since = now - timedelta(days=dedup_days)
+            future = writer.submit(append_events, warehouse, table, since)
+            inflight.append((future, list(pending_batches), pending_rows))
+        pending_tables.clear()
+        pending_batches.clear()
+        pending_rows = 0
+
+    def settle(conn: Connection, keep: int | None = None) -> None:
+        """Mark the pages whose events are written; wait until ``keep`` remain in flight
+        (``None``: take only the finished ones)."""
+        nonlocal written, pending, publish_failed
+        while inflight and (inflight[0][0].done() if keep is None else len(inflight) > keep):
+            future, batches, rows = inflight.popleft()
+            try:
+                written += future.result()
             except Exception:
                 # The ledger keeps the rows unpublished: publish_pending retries them.
                 publish_failed = True
-                pending += len(pending_entries)
-        pending_entries.clear()
-        pending_batches.clear()
+                pending += rows
+                continue
+            mark_batch_published(conn, batches)
 
     with engine.connect() as conn:
         any_blocks = conn.execute(
             sa.select(coupon_blocks.c.kind).where(coupon_blocks.c.kind == "one_id").limit(1)
         ).first()
-    for chunk_no, chunk in enumerate(_chunks(one_ids, chunk_size, seen)):
-        requested += len(chunk)
-        if stopped_by is not None:
-            not_issued += len(chunk)
-            continue
-        ledger_batch = f"{run}-{chunk_no}"
-        with write_tx(engine) as conn:
-            if conn.dialect.name == "sqlite":
-                # Random codes land all over the primary-key B-tree: a larger page cache
-                # (64 MiB, this connection only) keeps a million-row batch off the disk.
-                conn.exec_driver_sql("PRAGMA cache_size=-65536")
-            tpl = _lock_template(conn, template_id)
-            spec = _spec(conn, template_id, tpl.spec)
-            if tpl.status != "active":
-                raise CouponConflict(
-                    f"template {template_id} is {tpl.status}", field="template_id", rule="status"
-                )
-            window = spec.validity.window(now)
-            if window is None:
-                raise CouponConflict(
-                    "the template's validity window has closed", field="template_id", rule="window"
-                )
-            keys = {o: f"{template_id}/{batch_key}/{o}" for o in chunk}
-            todo = list(chunk)
-            if tpl.issued_count:
-                done = set(
-                    conn.execute(
-                        sa.select(coupons.c.issuance_key).where(
-                            coupons.c.issuance_key.in_(list(keys.values()))
-                        )
-                    ).scalars()
-                )
-                todo = [o for o in todo if keys[o] not in done]
-                already += len(chunk) - len(todo)
-                limit = spec.limits.per_user_claim
-                if limit is not None and todo:
-                    held: dict[str, int] = {
-                        o: n
-                        for o, n in conn.execute(
-                            sa.select(coupons.c.one_id, sa.func.count())
-                            .where(coupons.c.template_id == template_id, coupons.c.one_id.in_(todo))
-                            .group_by(coupons.c.one_id)
-                        )
-                    }
-                    kept = [o for o in todo if held.get(o, 0) < limit]
-                    over_limit += len(todo) - len(kept)
-                    todo = kept
-            if any_blocks and todo:
-                hashes = {identity_hash("one_id", o): o for o in todo}
-                bad = set(
-                    conn.execute(
-                        sa.select(coupon_blocks.c.value_hash).where(
-                            coupon_blocks.c.kind == "one_id",
-                            coupon_blocks.c.value_hash.in_(list(hashes)),
-                        )
-                    ).scalars()
-                )
-                blocked += len(bad)
-                todo = [o for o in todo if identity_hash("one_id", o) not in bad]
-            n, stop = _capacity(tpl, len(todo), spec.face_value)
-            if stop is not None:
-                stopped_by = stop
-                not_issued += len(todo) - n
-                todo = todo[:n]
-            if todo:
-                _take(conn, template_id, len(todo), spec.face_value, now)
-                codes = new_codes(len(todo))
-                face = spec.face_value
-                bulk_insert(
-                    conn,
-                    coupons,
-                    _BATCH_COLUMNS,
-                    [
-                        (code, template_id, o, "issued", face, now, window[0], window[1],
-                         keys[o], batch_key, 1, now)
-                        for code, o in zip(codes, todo, strict=True)
-                    ],
-                )  # fmt: skip
-                entries = [
-                    LedgerEntry(
-                        code,
-                        1,
-                        template_id,
-                        o,
-                        "issued",
-                        None,
-                        "issued",
-                        now,
-                        amount=face,
-                        reason="batch",
-                        request_key=batch_key,
-                        batch_id=ledger_batch,
+    try:
+        for chunk_no, chunk in enumerate(_chunks(one_ids, chunk_size, seen)):
+            requested += len(chunk)
+            if stopped_by is not None:
+                not_issued += len(chunk)
+                continue
+            ledger_batch = f"{run}-{chunk_no}"
+            with write_tx(engine) as conn:
+                if conn.dialect.name == "sqlite":
+                    # Random codes land all over the primary-key B-tree: a larger page cache
+                    # (256 MiB, this connection only) keeps a million-row batch off the disk.
+                    conn.exec_driver_sql("PRAGMA cache_size=-262144")
+                tpl = _lock_template(conn, template_id)
+                spec = _spec(conn, template_id, tpl.spec)
+                if tpl.status != "active":
+                    raise CouponConflict(
+                        f"template {template_id} is {tpl.status}",
+                        field="template_id",
+                        rule="status",
                     )
-                    for code, o in zip(codes, todo, strict=True)
-                ]
-                record(conn, entries)
-                issued += len(todo)
-        if todo:
-            pending_entries.extend(entries)
-            pending_batches.append(ledger_batch)
-            if len(pending_entries) >= PUBLISH_PAGE:
-                flush()
-        if progress is not None:
-            progress(requested)
-    flush()
+                window = spec.validity.window(now)
+                if window is None:
+                    raise CouponConflict(
+                        "the template's validity window has closed",
+                        field="template_id",
+                        rule="window",
+                    )
+                keys = {o: f"{template_id}/{batch_key}/{o}" for o in chunk}
+                todo = list(chunk)
+                # A fresh template whose only coupons are this run's needs no look-ups: the
+                # run never issues twice to one person (``seen``). Any other issuance (a
+                # concurrent run, a claim) shows in the counter, taken under the row lock.
+                fresh = fresh and tpl.issued_count == issued
+                if not fresh:
+                    done = set(
+                        conn.execute(
+                            sa.select(coupons.c.issuance_key).where(
+                                coupons.c.issuance_key.in_(list(keys.values()))
+                            )
+                        ).scalars()
+                    )
+                    todo = [o for o in todo if keys[o] not in done]
+                    already += len(chunk) - len(todo)
+                    limit = spec.limits.per_user_claim
+                    if limit is not None and todo:
+                        held: dict[str, int] = {
+                            o: n
+                            for o, n in conn.execute(
+                                sa.select(coupons.c.one_id, sa.func.count())
+                                .where(
+                                    coupons.c.template_id == template_id, coupons.c.one_id.in_(todo)
+                                )
+                                .group_by(coupons.c.one_id)
+                            )
+                        }
+                        kept = [o for o in todo if held.get(o, 0) < limit]
+                        over_limit += len(todo) - len(kept)
+                        todo = kept
+                if any_blocks and todo:
+                    hashes = {identity_hash("one_id", o): o for o in todo}
+                    bad = set(
+                        conn.execute(
+                            sa.select(coupon_blocks.c.value_hash).where(
+                                coupon_blocks.c.kind == "one_id",
+                                coupon_blocks.c.value_hash.in_(list(hashes)),
+                            )
+                        ).scalars()
+                    )
+                    blocked += len(bad)
+                    todo = [o for o in todo if identity_hash("one_id", o) not in bad]
+                n, stop = _capacity(tpl, len(todo), spec.face_value)
+                if stop is not None:
+                    stopped_by = stop
+                    not_issued += len(todo) - n
+                    todo = todo[:n]
+                if todo:
+                    _take(conn, template_id, len(todo), spec.face_value, now)
+                    codes = new_codes(len(todo))
+                    face = spec.face_value
+                    insert_columns(
+                        conn,
+                        coupons,
+                        _BATCH_COLUMNS,
+                        [
+                            codes, Same(template_id), todo, Same("issued"), Same(face), Same(now),
+                            Same(window[0]), Same(window[1]), [keys[o] for o in todo],
+                            Same(batch_key), Same(1), Same(now),
+                        ],
+                    )  # fmt: skip
+                    insert_columns(
+                        conn,
+                        coupon_ledger,
+                        LEDGER_COLUMNS,
+                        [
+                            codes, Same(1), Same(template_id), todo, Same("issued"), Same(None),
+                            Same("issued"), Same(now), Same(None), Same(face), Same("batch"),
+                            Same(batch_key), Same(ledger_batch), Same(False),
+                        ],
+                    )  # fmt: skip
+                    issued += len(todo)
+                settle(conn)
+            if todo and warehouse is not None and not publish_failed:
+                if names is None:
+                    with engine.connect() as conn:
+                        names = template_names(conn)
+                pending_tables.append(
+                    issued_events_table(
+                        codes, todo, template_id, names.get(template_id, ("", "")), face, now, now
+                    )
+                )
+            if todo:
+                pending_rows += len(todo)
+                pending_batches.append(ledger_batch)
+                if pending_rows >= PUBLISH_PAGE:
+                    flush()
+            if progress is not None:
+                progress(requested)
+        flush()
+        if inflight:
+            with engine.begin() as conn:
+                settle(conn, keep=0)
+    finally:
+        if writer is not None:
+            writer.shutdown(wait=True)
     return BatchResult(
         batch_key=batch_key,
         requested=requested,
