@@ -211,3 +211,53 @@ def test_cli_imports_users_with_a_mapping_file_and_gzip_input(
     listed = (tmp_path / "members.csv.gz.rejects.csv").read_text()
     assert "context.externalIds[0].id" in listed and "not a phone number" in listed
     assert load_mapping(mapping).kind == "users"
+
+
+def test_products_and_identifiers_stay_with_their_own_rows_across_small_chunks(
+    stores: Stores, tmp_path: Path
+) -> None:
+    """Product lines and identifiers are checked apart from the main rules and put back
+    by row number: with chunks of 2 rows, every event keeps its own."""
+    messages: list[object] = []
+    for i in range(7):
+        messages.append(
+            {
+                "type": "track",
+                "event": "Order Completed",
+                "userId": f"u{i}",
+                "messageId": f"o{i}",
+                "properties": {"order_id": f"#{i}", "products": [{"sku": f"s{i}", "price": i}]},
+            }
+        )
+        messages.append(
+            {
+                "type": "identify",
+                "userId": f"u{i}",
+                "messageId": f"i{i}",
+                "traits": {"email": f"P{i}@Example.com"},
+            }
+        )
+    messages.append(
+        {
+            "type": "track",
+            "event": "Order Completed",
+            "userId": "bad",
+            "messageId": "bad",
+            "properties": {"products": [{"sku": "ok"}, {"price": "1.001"}]},
+        }
+    )
+    src = write_jsonl(tmp_path / "mixed.jsonl", messages)
+    report = import_file(stores, src, chunk_size=2)
+    assert (report.inserted, report.rejected) == (14, 1)
+    assert report.first_rejections[0][:2] == (15, "properties.products[1].price")
+    got = rows(
+        stores,
+        "SELECT message_id, user_id, products[1].sku AS sku, products[1].price AS price, "
+        "identifiers FROM events ORDER BY message_id",
+    )
+    for row in got:
+        i = str(row["message_id"])[1:]
+        if str(row["message_id"]).startswith("o"):
+            assert (row["sku"], row["price"], row["user_id"]) == (f"s{i}", Decimal(i), f"u{i}")
+        else:
+            assert row["identifiers"] == [{"kind": "email", "value": f"p{i}@example.com"}]

@@ -119,25 +119,28 @@ def collapse(events: pa.Table, now: datetime) -> Tuples:
     )
 
     observations: list[Observation] = []
+    append = observations.append
     start = 0
-    for i, end in enumerate(ends.tolist()):
+    for user, anonymous, end, first, last, message_id, type_, previous in zip(
+        user_ids,
+        anonymous_ids,
+        ends.tolist(),
+        first_ts,
+        last_ts,
+        message_ids,
+        types,
+        previous_ids,
+        strict=True,
+    ):
         idents: list[Ident] = []
-        if user_ids[i]:
-            idents.append((USER_ID, user_ids[i]))
-        if anonymous_ids[i]:
-            idents.append((ANONYMOUS_ID, anonymous_ids[i]))
+        if user:
+            idents.append((USER_ID, user))
+        if anonymous:
+            idents.append((ANONYMOUS_ID, anonymous))
         if end > start:
             idents.extend(p for p in pairs[start:end] if p[0] and p[1])
             idents = list(dict.fromkeys(idents))
         start = end
-        observations.append(
-            Observation(
-                identifiers=tuple(idents),
-                first_at=first_ts[i],
-                last_at=last_ts[i],
-                message_id=message_ids[i],
-                event_type=types[i],
-                previous_id=previous_ids[i] or None,
-            )
-        )
+        # Positional: this runs once per distinct tuple of every batch.
+        append(Observation(tuple(idents), first, last, message_id, type_, previous or None))
     return Tuples(observations=observations, codes=pa.array(codes))

@@ -22,7 +22,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import Connection
 
 
@@ -37,7 +40,6 @@ class BulkSql:
         self.conn = conn
         self.sqlite = conn.dialect.name == "sqlite"
         self.mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-        self._texts: dict[datetime, str] = {}
 
     # --- values ---------------------------------------------------------------------
 
@@ -47,14 +49,24 @@ class BulkSql:
             return None
         if not self.sqlite:
             return at if at.tzinfo is UTC else at.astimezone(UTC)
-        text = self._texts.get(at)  # a batch repeats few distinct instants many times
-        if text is None:
-            utc = at if at.tzinfo is UTC else at.astimezone(UTC)
-            text = utc.replace(tzinfo=None).isoformat(" ")  # much faster than strftime
-            if not utc.microsecond:
-                text += ".000000"
-            self._texts[at] = text
-        return text
+        # Formatted directly: hashing an aware datetime (for a memo) costs more
+        # than a naive isoformat, which is much faster than strftime.
+        utc = at if at.tzinfo is UTC else at.astimezone(UTC)
+        text = utc.replace(tzinfo=None).isoformat(" ")
+        return text if utc.microsecond else text + ".000000"
+
+    def times(self, values: Sequence[datetime]) -> list[Any]:
+        """``time`` of many aware datetimes; on SQLite formatted in bulk.
+
+        NumPy's ISO formatting is several times faster than ``isoformat`` per
+        value (or Arrow's ``strftime``); ``T`` becomes the stored space.
+        """
+        if not self.sqlite:
+            return [self.time(v) for v in values]
+        micros = pa.array(values, pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+        iso = np.datetime_as_string(micros.astype("datetime64[us]"), unit="us")
+        texts: list[Any] = pc.replace_substring(pa.array(iso), "T", " ").to_pylist()
+        return texts
 
     def read_time(self, value: Any) -> datetime:
         """A stored instant back as an aware UTC datetime."""

@@ -75,12 +75,15 @@ def precedence(ident: Ident) -> tuple[int, str, str]:
     return (PRECEDENCE.get(ident[0], _CUSTOM_RANK), ident[0], ident[1])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Observation:
     """One distinct identity tuple of a batch, at its first occurrence.
 
     ``identifiers`` are distinct; ``previous_id`` is set for alias calls only.
     ``first_at``/``last_at`` bound the events that carried the tuple (UTC).
+    Treated as immutable; not declared ``frozen`` because one is built per
+    distinct tuple of every batch and a frozen dataclass's ``__init__`` costs
+    about five times as much.
     """
 
     identifiers: tuple[Ident, ...]
@@ -219,6 +222,24 @@ class Resolver:
 
     def observe(self, obs: Observation) -> str | None:
         """Resolve one tuple; returns its ONE_ID (None when it carries no identifier)."""
+        if obs.previous_id is None and obs.identifiers:
+            # Fast path, the common case of a returning person: every identifier
+            # already belongs to one ONE_ID, so the rules below change nothing.
+            known = self.owner(obs.identifiers[0])
+            if known is not None and all(self.owner(i) == known for i in obs.identifiers[1:]):
+                self._note_seen(obs.identifiers, obs)
+                return known
+            if known is None and _all_new_within_limits(self, obs.identifiers):
+                # Fast path, a new person (most tuples of a first import): the
+                # rules below would mint one ONE_ID and give it every identifier.
+                minted = self._mint(obs.first_at)
+                limited = self._nodes[minted].limited
+                for ident in obs.identifiers:
+                    self._owner[ident] = minted
+                    if ident[0] in LIMITED_KINDS:
+                        limited[ident[0]] = ident[1]
+                self._note_seen(obs.identifiers, obs)
+                return minted
         idents = sorted(set(obs.identifiers), key=precedence)
         if obs.previous_id is not None:
             as_user = (USER_ID, obs.previous_id)
@@ -227,9 +248,7 @@ class Resolver:
                 idents.append(prev)  # after the alias's own userId (rule 5)
         if not idents:
             return None
-        for ident in idents:
-            first, last = self._seen.get(ident, (obs.first_at, obs.last_at))
-            self._seen[ident] = (min(first, obs.first_at), max(last, obs.last_at))
+        self._note_seen(idents, obs)
 
         target: str | None = None
         limits: dict[str, str] = {}
@@ -277,6 +296,15 @@ class Resolver:
             )
         return target
 
+    def _note_seen(self, idents: Iterable[Ident], obs: Observation) -> None:
+        seen = self._seen
+        for ident in idents:
+            span = seen.get(ident)
+            if span is None:
+                seen[ident] = (obs.first_at, obs.last_at)
+            elif obs.first_at < span[0] or obs.last_at > span[1]:
+                seen[ident] = (min(span[0], obs.first_at), max(span[1], obs.last_at))
+
     def _mint(self, at: datetime) -> str:
         one_id = self.new_id()
         if one_id in self._nodes or one_id in self._parent:
@@ -305,6 +333,15 @@ class Resolver:
             Merge(winner, loser, via[0], via[1], reason, obs.message_id, obs.first_at)
         )
         return winner
+
+
+def _all_new_within_limits(resolver: Resolver, idents: tuple[Ident, ...]) -> bool:
+    """No identifier is known and no limited kind occurs twice (distinct values would conflict)."""
+    limited = [kind for kind, _ in idents if kind in LIMITED_KINDS]
+    if len(limited) != len(set(limited)):
+        return False
+    owner = resolver._owner  # plain reads: no merges can be involved for unknown identifiers
+    return all(ident not in owner for ident in idents)
 
 
 def _broken_limit(limits: Mapping[str, str], held: Mapping[str, str]) -> str | None:

@@ -24,7 +24,7 @@ import base64
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
@@ -35,6 +35,7 @@ from sqlalchemy import Connection
 from zhiying.errors import NotFound, ValidationFailed
 from zhiying.identity.batch import collapse
 from zhiying.identity.bulk import BulkSql
+from zhiying.identity.cache import LAST_SEEN_STEP, IdentityCache, Seen
 from zhiying.identity.identifiers import (
     ANONYMOUS_ID,
     USER_ID,
@@ -45,6 +46,7 @@ from zhiying.identity.resolver import (
     LIMITED_KINDS,
     Ident,
     KnownOneId,
+    Observation,
     Resolver,
     precedence,
 )
@@ -66,12 +68,17 @@ class Resolution:
     the warehouse's ``one_id_aliases``, transitively closed (earlier losers of a
     ONE_ID that lost now point at the new owner); ``merges``/``conflicts`` count
     what this batch merged and the distinct conflicts it met.
+
+    ``cache_entries`` (valid as of merge ``generation``) are what the caller
+    hands to ``IdentityCache.apply`` once the transaction has committed.
     """
 
     one_ids: pa.Array
     aliases: list[tuple[str, str]]
     merges: int
     conflicts: int
+    cache_entries: dict[Ident, Seen] = field(default_factory=dict, repr=False)
+    generation: int = 0
 
 
 def new_one_id() -> str:
@@ -96,6 +103,18 @@ class _Minter:
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+_GENERATION_BUMP: Final = (
+    "INSERT INTO identity_generation (id, generation) VALUES (1, 1) "
+    "ON CONFLICT (id) DO UPDATE SET generation = identity_generation.generation + 1"
+)
+
+
+def _generation(db: BulkSql) -> int:
+    """The store's merge generation (``zhiying.identity.cache``); 0 before the first merge."""
+    rows = db.fetch("SELECT generation FROM identity_generation WHERE id = 1", ())
+    return int(rows[0][0]) if rows else 0
 
 
 def _serialise(conn: Connection) -> None:
@@ -175,32 +194,71 @@ def _load(
     return stored, known
 
 
-def resolve_events(conn: Connection, events: pa.Table, now: datetime) -> Resolution:
+def resolve_events(
+    conn: Connection, events: pa.Table, now: datetime, cache: IdentityCache | None = None
+) -> Resolution:
     """Assign a ONE_ID to every row of ``events`` (warehouse EVENTS columns).
 
     Runs inside the caller's transaction and never commits. ``now`` (aware
     UTC) caps event times from clocks that run ahead. Rules: see
     ``zhiying.identity.resolver`` and docs/identity.md.
+
+    With a ``cache``, tuples whose identifiers are all cached to one ONE_ID
+    (and that are not alias calls) skip the store entirely, apart from a
+    coarsened ``first_seen``/``last_seen`` update; the caller applies
+    ``Resolution.cache_entries`` after committing (``zhiying.identity.cache``).
+    Every merge increments the store's merge generation in this transaction.
     """
     if events.num_rows == 0:
         return Resolution(pa.array([], pa.string()), [], 0, 0)
     db = BulkSql(conn)
     _serialise(conn)
+    generation = _generation(db)
     tuples = collapse(events, now)
+    observations = tuples.observations
 
+    hits: dict[int, str] = {}
+    touched: dict[Ident, Seen] = {}
+    misses = observations
+    if cache is not None:
+        cache.sync(generation)
+        misses = []
+        for i, obs in enumerate(observations):
+            cached = _cached_owner(cache, obs, touched)
+            if cached is None:
+                misses.append(obs)
+            else:
+                hits[i] = cached
     wanted: set[Ident] = set()
-    for obs in tuples.observations:
+    for obs in misses:
         wanted.update(obs.identifiers)
         if obs.previous_id is not None:
             wanted.add((USER_ID, obs.previous_id))
             wanted.add((ANONYMOUS_ID, obs.previous_id))
-    stored, known = _load(db, wanted)
+    stored, known = _load(db, wanted) if wanted else ({}, {})
 
     resolver = Resolver(new_id=_Minter())
     resolver.load({ident: s.owner for ident, s in stored.items()}, known)
-    targets = [resolver.observe(obs) for obs in tuples.observations]
+    observed = iter([resolver.observe(obs) for obs in misses])
+    targets = [hits[i] if i in hits else next(observed) for i in range(len(observations))]
     per_tuple = pa.array([None if t is None else resolver.find(t) for t in targets], pa.string())
-    aliases = _write(db, resolver, stored)
+    aliases, entries = _write(db, resolver, stored, collect=cache is not None)
+    if touched:
+        # Coarsened seen-times of cache hits; min/max keep any later stored value.
+        low, high = ("min", "max") if db.sqlite else ("LEAST", "GREATEST")
+        db.many(
+            f"UPDATE identifiers SET first_seen = {low}(first_seen, ?), "
+            f"last_seen = {high}(last_seen, ?) WHERE kind = ? AND value = ?",
+            [
+                (db.time(seen.first_seen), db.time(seen.last_seen), kind, value)
+                for (kind, value), seen in touched.items()
+            ],
+        )
+    if resolver.merges:
+        db.conn.exec_driver_sql(_GENERATION_BUMP)
+        generation += 1  # under the resolution lock: nobody else moved it meanwhile
+    else:
+        entries = {**touched, **entries}
     conflicts = {
         (resolver.find(c.one_id), resolver.find(c.other_one_id), c.kind, c.value, c.rule)
         for c in resolver.conflicts
@@ -210,21 +268,52 @@ def resolve_events(conn: Connection, events: pa.Table, now: datetime) -> Resolut
         aliases=aliases,
         merges=len(resolver.merges),
         conflicts=len(conflicts),
+        cache_entries=entries if cache is not None else {},
+        generation=generation,
     )
 
 
-def _write(db: BulkSql, resolver: Resolver, stored: dict[Ident, _Stored]) -> list[tuple[str, str]]:
-    """Persist the resolver's changes; returns the closed alias pairs."""
+def _cached_owner(cache: IdentityCache, obs: Observation, touched: dict[Ident, Seen]) -> str | None:
+    """The cached ONE_ID of a tuple that resolution would not change, else None.
+
+    Records in ``touched`` the identifiers whose stored times this tuple moves
+    earlier, or later by at least ``LAST_SEEN_STEP``.
+    """
+    if obs.previous_id is not None or not obs.identifiers:
+        return None
+    found: list[tuple[Ident, Seen]] = []
+    owner: str | None = None
+    for ident in obs.identifiers:
+        seen = touched.get(ident) or cache.get(ident)
+        if seen is None or (owner is not None and seen.one_id != owner):
+            return None
+        owner = seen.one_id
+        found.append((ident, seen))
+    for ident, seen in found:
+        if obs.first_at < seen.first_seen or obs.last_at - seen.last_seen >= LAST_SEEN_STEP:
+            touched[ident] = Seen(
+                seen.one_id, min(seen.first_seen, obs.first_at), max(seen.last_seen, obs.last_at)
+            )
+    return owner
+
+
+def _write(
+    db: BulkSql, resolver: Resolver, stored: dict[Ident, _Stored], collect: bool
+) -> tuple[list[tuple[str, str]], dict[Ident, Seen]]:
+    """Persist the resolver's changes; returns the closed alias pairs and, when
+    ``collect``, what the store now holds for every identifier the resolver saw
+    (for the cache)."""
     merged_at = {m.loser: m.merged_at for m in resolver.merges}
     aliases: dict[str, str] = {}
 
     new_rows: list[tuple[Any, ...]] = []
-    for one_id, created_at in resolver.new_one_ids.items():
+    minted = resolver.new_one_ids
+    for one_id, created_at in zip(minted, db.times(list(minted.values())), strict=True):
         now_in = resolver.find(one_id)
         if now_in == one_id:
-            new_rows.append((one_id, db.time(created_at), None, None))
+            new_rows.append((one_id, created_at, None, None))
         else:
-            new_rows.append((one_id, db.time(created_at), now_in, db.time(merged_at[one_id])))
+            new_rows.append((one_id, created_at, now_in, db.time(merged_at[one_id])))
             aliases[one_id] = now_in
     db.insert("one_ids", ("one_id", "created_at", "merged_into", "merged_at"), new_rows)
 
@@ -248,18 +337,29 @@ def _write(db: BulkSql, resolver: Resolver, stored: dict[Ident, _Stored]) -> lis
 
     inserts: list[tuple[Any, ...]] = []
     updates: list[tuple[Any, ...]] = []
-    for ident, (first, last) in resolver.seen.items():
+    entries: dict[Ident, Seen] = {}
+    seen = list(resolver.seen.items())
+    firsts = db.times([span[0] for _, span in seen])
+    lasts = db.times([span[1] for _, span in seen])
+    for (ident, (first, last)), first_db, last_db in zip(seen, firsts, lasts, strict=True):
         owner = resolver.owner(ident)
         assert owner is not None
         before = stored.get(ident)
         # Compared in the driver's form (SQLite's fixed-width text sorts like time).
-        first_db, last_db = db.time(first), db.time(last)
         if before is None:
             inserts.append((ident[0], ident[1], owner, first_db, last_db))
+            if collect:
+                entries[ident] = Seen(owner, first, last)
             continue
         moved = old_losers.get(before.owner, before.owner)
         first_db = min(first_db, before.first_seen)
         last_db = max(last_db, before.last_seen)
+        if collect:
+            entries[ident] = Seen(
+                owner,
+                min(first, db.read_time(before.first_seen)),
+                max(last, db.read_time(before.last_seen)),
+            )
         if owner != moved or first_db != before.first_seen or last_db != before.last_seen:
             updates.append((owner, first_db, last_db, ident[0], ident[1]))
     db.insert("identifiers", ("kind", "value", "one_id", "first_seen", "last_seen"), inserts)
@@ -273,7 +373,7 @@ def _write(db: BulkSql, resolver: Resolver, stored: dict[Ident, _Stored]) -> lis
         ],
     )
     _record_conflicts(db, resolver)
-    return sorted(aliases.items())
+    return sorted(aliases.items()), entries
 
 
 def _record_conflicts(db: BulkSql, resolver: Resolver) -> None:

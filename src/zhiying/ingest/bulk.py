@@ -19,9 +19,11 @@ Progress is reported through a callback (no terminal code here).
 from __future__ import annotations
 
 import gzip
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Generator, Iterator
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +35,13 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from zhiying.errors import ValidationFailed
-from zhiying.ingest.bulk_rules import checked_select, ident, register_udfs
+from zhiying.ingest.bulk_rules import (
+    checked_select,
+    ident,
+    identifiers_sql,
+    products_sql,
+    register_udfs,
+)
 from zhiying.ingest.bulk_sql import (
     Column,
     default_mapping,
@@ -46,7 +54,7 @@ from zhiying.ingest.pipeline import store_events
 from zhiying.runtime import Stores
 from zhiying.warehouse.schema import EVENTS
 
-DEFAULT_CHUNK_SIZE = 200_000
+DEFAULT_CHUNK_SIZE = 500_000
 RejectsFormat = Literal["csv", "jsonl"]
 
 
@@ -119,16 +127,16 @@ def import_file(
     fmt = resolve_format(path, fmt, mapping)
     received_at = stores.clock.now()
     read = events = inserted = duplicates = rejected = merges = conflicts = 0
-    with _open_checked(
-        path, fmt, kind, mapping, received_at, stores.settings.default_phone_region
-    ) as (
-        con,
-        sql,
+    with (
+        _open_checked(
+            path, fmt, kind, mapping, received_at, stores.settings.default_phone_region
+        ) as (con, checked),
+        ExitStack() as stack,  # stops the reader thread before the connection closes
     ):
         ids = _DerivedIds(con.cursor())
         rejects = _Rejects(rejects_path, con.cursor())
         try:
-            for chunk in _chunks(con.sql(sql).to_arrow_reader(_BATCH), chunk_size):
+            for chunk in stack.enter_context(closing(_read_ahead(checked.chunks(chunk_size)))):
                 bad = chunk.column("__bad").combine_chunks()
                 good = chunk.filter(pc.invert(bad))
                 bad_rows = chunk.filter(bad)
@@ -167,6 +175,117 @@ def import_file(
 _BATCH = 65_536
 
 
+class _Checked:
+    """The checked rows of a file, chunk by chunk.
+
+    The message parts stream out of the file (one DuckDB query); each chunk of
+    parts is registered as ``__parts`` and checked by a second query that scans it
+    three times (main rules, product lines, identifier candidates), which is why
+    the parts are materialised per chunk as Arrow rather than re-read from the file.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, parts_sql: str, checked_sql: str) -> None:
+        self._con = con
+        self._parts_sql = parts_sql
+        self._checked_sql = checked_sql
+
+    def empty(self) -> pa.Table:
+        """The checked columns with no rows."""
+        parts = self._con.sql(f"SELECT * FROM ({self._parts_sql}) LIMIT 0").to_arrow_table()
+        return next(self._check(iter([parts])))
+
+    def chunks(self, size: int) -> Iterator[pa.Table]:
+        """Checked tables of about ``size`` rows, in file order (none for an empty file)."""
+        reader = self._con.sql(self._parts_sql).to_arrow_reader(_BATCH)
+        return self._check(_chunks(reader, size))
+
+    def _check(self, parts_chunks: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        cur = self._con.cursor()
+        try:
+            for parts in parts_chunks:
+                cur.register("__parts", parts)
+                try:
+                    side = with_side_results(cur, parts)
+                finally:
+                    cur.unregister("__parts")
+                cur.register("__parts", side)
+                try:
+                    yield cur.sql(self._checked_sql).to_arrow_table()
+                finally:
+                    cur.unregister("__parts")
+        finally:
+            cur.close()
+
+
+def with_side_results(cur: duckdb.DuckDBPyConnection, parts: pa.Table) -> pa.Table:
+    """``parts`` (registered on ``cur`` as ``__parts``) plus the product-line and
+    identifier results aligned to its rows, as :func:`checked_select` expects.
+
+    Those two relations list only the few rows that have products or identifier
+    candidates; they are aligned by ``__row`` in Arrow (a hash lookup and a take),
+    so the main query stays a streaming projection that keeps the file's order."""
+    rows = parts.column("__row")
+    for prefix, sql in (("__pa", products_sql), ("__ia", identifiers_sql)):
+        side = cur.sql(sql("SELECT * FROM __parts")).to_arrow_table()
+        at = pc.index_in(rows, value_set=side.column("__row").combine_chunks())
+        for name in ("items", "errors"):
+            column = side.column(name).combine_chunks()
+            parts = parts.append_column(f"{prefix}_{name}", pc.take(column, at))
+    return parts
+
+
+_DONE = object()
+
+
+def _read_ahead(chunks: Iterator[pa.Table], depth: int = 1) -> Generator[pa.Table, None, None]:
+    """``chunks``, produced by a reader thread up to ``depth`` chunks ahead.
+
+    DuckDB releases the GIL while it reads and checks, so the next chunk is
+    prepared while the caller stores the current one: an import takes about
+    max(read, store) rather than their sum. Errors of the reader are raised here.
+    """
+    q: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        q.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            q.put(exc)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # the reader's cursor is released in this thread
+
+    thread = threading.Thread(target=run, name="zhiying-bulk-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, pa.Table)
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.1)
+
+
 def resolve_format(path: Path, fmt: FileFormat | None, mapping: Mapping | None) -> FileFormat:
     """``fmt``, else the mapping's ``source.format``, else the file name's suffix."""
     return fmt or (mapping.source.format if mapping else None) or guess_format(path)
@@ -180,19 +299,21 @@ def _open_checked(
     mapping: Mapping | None,
     received_at: datetime,
     default_region: str,
-) -> Iterator[tuple[duckdb.DuckDBPyConnection, str]]:
-    """A private DuckDB connection and the SQL of the file's checked rows."""
+) -> Iterator[tuple[duckdb.DuckDBPyConnection, _Checked]]:
+    """A private DuckDB connection and the file's checked rows."""
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
         register_udfs(con, default_region)
-        parts = _parts_sql(con, path, fmt, kind, mapping)
+        parts, raw_sql, hash_sql = _parts_sql(con, path, fmt, kind, mapping)
         sql = checked_select(
-            parts,
+            "SELECT * FROM __parts",
             received_at=received_at.astimezone(UTC).replace(tzinfo=None),
             source=f"import:{path.name}",
+            raw_sql=raw_sql,
+            hash_sql=hash_sql,
         )
-        yield con, sql
+        yield con, _Checked(con, parts, sql)
     except duckdb.Error as exc:
         raise ValidationFailed(f"cannot read {path} as {fmt}: {exc}", field="file") from exc
     finally:
@@ -223,11 +344,36 @@ def check_file(
 ) -> CheckedFile:
     """Validate a whole file in memory (tests, dry runs); nothing is stored."""
     fmt = resolve_format(path, fmt, mapping)
-    with _open_checked(path, fmt, kind, mapping, received_at, default_region) as (con, sql):
-        table = con.sql(sql).to_arrow_table()
+    with _open_checked(path, fmt, kind, mapping, received_at, default_region) as (_, checked):
+        chunks = list(checked.chunks(DEFAULT_CHUNK_SIZE))
+        if not chunks:  # an empty file: the schema of an empty result
+            table = checked.empty()
+        else:
+            table = pa.concat_tables(chunks) if len(chunks) > 1 else chunks[0]
     bad = table.column("__bad").combine_chunks()
     good = table.filter(pc.invert(bad)).select([*EVENTS.names, "__row"])
     return CheckedFile(events=good, rejections=rejection_rows(table.filter(bad)))
+
+
+def checked_chunks(
+    path: Path,
+    *,
+    received_at: datetime,
+    kind: ImportKind = "events",
+    fmt: FileFormat | None = None,
+    mapping: Mapping | None = None,
+    default_region: str = "CN",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Iterator[pa.Table]:
+    """The file's checked rows as tables of about ``chunk_size`` rows, read ahead by a
+    thread (dry runs and benchmarks; nothing is stored). Columns as in
+    :func:`zhiying.ingest.bulk_rules.checked_select`."""
+    fmt = resolve_format(path, fmt, mapping)
+    with (
+        _open_checked(path, fmt, kind, mapping, received_at, default_region) as (_, checked),
+        closing(_read_ahead(checked.chunks(chunk_size))) as chunks,
+    ):
+        yield from chunks
 
 
 def rejection_rows(bad: pa.Table) -> pa.Table:
@@ -251,7 +397,8 @@ def _parts_sql(
     fmt: FileFormat,
     kind: ImportKind,
     mapping: Mapping | None,
-) -> str:
+) -> tuple[str, str, str]:
+    """The parts SQL of the file, and the expressions of a row's raw text and hashed text."""
     if fmt == "jsonl" and mapping is None:
         if kind != "events":
             raise ValidationFailed(
@@ -259,7 +406,7 @@ def _parts_sql(
                 "messages: use `import events`)",
                 field="mapping",
             )
-        return segment_parts_sql(path)
+        return segment_parts_sql(path), "__raw", "__raw"
     header: list[str] = []
     if fmt == "whitespace":
         header = _first_line(path).split()
@@ -281,7 +428,8 @@ def _parts_sql(
         mapping.traits_from_all_columns or mapping.properties_from_other_columns
     ):
         inferred = _infer_types(con, source, columns, mapping)
-    return mapped_parts_sql(source, columns, mapping, kind, inferred).sql
+    plan = mapped_parts_sql(source, columns, mapping, kind, inferred)
+    return plan.sql, plan.raw_sql, plan.hash_sql
 
 
 def _first_line(path: Path) -> str:

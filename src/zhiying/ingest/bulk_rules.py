@@ -101,6 +101,8 @@ _EMAIL_FAST: Final = (
     r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.[A-Za-z]{2,63}"
 )
 _PRODUCT_TEXT: Final = ("product_id", "sku", "name", "brand", "category", "coupon")
+# context keys read by the rules, extracted once per row (identifiers, channel)
+_CTX_PATHS: Final = ("device", "traits", "externalIds", "channel", "app", "page", "userAgent")
 _SEGMENT_CHANNELS: Final = (("browser", "web"), ("mobile", "app"), ("server", "server"))
 
 
@@ -326,7 +328,14 @@ def _truthy(p: str) -> str:
     )
 
 
-def checked_select(parts_sql: str, *, received_at: datetime, source: str) -> str:
+def checked_select(
+    parts_sql: str,
+    *,
+    received_at: datetime,
+    source: str,
+    raw_sql: str = "__raw",
+    hash_sql: str = "coalesce(__hsrc, __raw)",
+) -> str:
     """SQL over ``parts_sql`` returning the ``EVENTS`` columns plus ``__row``, ``__bad``,
     ``__errors`` (list of ``{field, reason}``, only for bad rows), ``__raw`` (only for bad
     rows) and ``__h`` (content hash for rows without a ``messageId``).
@@ -334,9 +343,14 @@ def checked_select(parts_sql: str, *, received_at: datetime, source: str) -> str
     ``parts_sql`` must provide ``__row``, ``__ok`` (the row is a JSON object),
     ``__top`` (its ``json_type`` otherwise, NULL when not JSON at all), ``__size``
     (compact JSON bytes, or NULL when unknown), ``__raw`` (the source text of the
-    row), ``__hsrc`` (the text a derived messageId hashes), ``__lines`` (source
-    rows behind the message) and every column of :data:`PART_COLUMNS`.
-    ``received_at`` is naive UTC.
+    row), ``__hsrc`` (the text a derived messageId hashes; NULL means ``__raw``),
+    ``__lines`` (source rows behind the message), every column of :data:`PART_COLUMNS`, and the
+    results of :func:`products_sql` and :func:`identifiers_sql` over the same parts
+    aligned to its rows (``__pa_items``, ``__pa_errors``, ``__ia_items``,
+    ``__ia_errors``; NULL for rows those relations do not list — see
+    :func:`zhiying.ingest.bulk.with_side_results`). ``received_at`` is naive UTC.
+    ``raw_sql`` and ``hash_sql`` compute ``__raw`` and the hashed text from the
+    parts; they are evaluated only for the rows that need them.
     """
     received = f"TIMESTAMP '{received_at.isoformat(sep=' ')}'"
     types_list = ", ".join(MESSAGE_TYPES)
@@ -382,6 +396,10 @@ def checked_select(parts_sql: str, *, received_at: datetime, source: str) -> str
         f"CASE WHEN t_p_props = 'OBJECT' AND p_props <> '{{}}' THEN json_extract(p_props, "
         f"[{', '.join(lit('$.' + k) for k in props_paths)}]) END AS __pp"
     )
+    b_cols.append(
+        f"CASE WHEN t_p_ctx = 'OBJECT' AND p_ctx <> '{{}}' THEN json_extract(p_ctx, "
+        f"[{', '.join(lit('$.' + k) for k in _CTX_PATHS)}]) END AS __cx"
+    )
     stage_b = f"SELECT *, {', '.join(b_cols)} FROM ({stage_a})"
 
     # 3. values with their slow paths; properties' typed fields.
@@ -413,37 +431,26 @@ def checked_select(parts_sql: str, *, received_at: datetime, source: str) -> str
         f"ELSE {slow} END AS r_revenue"
     )
     d_cols.append(f"CASE WHEN {fast} THEN {fast_value} END AS f_revenue")
-    d_cols.append(f"{_qlist_sql()} AS __qlist")
-    d_cols.append(f"{_candidates_sql()} AS __cands")
     stage_d = f"SELECT *, {', '.join(d_cols)} FROM ({stage_c})"
 
+    # Products and identifier candidates are few per row and absent from most rows:
+    # they are read from a narrow scan of the parts, validated as flat rows (one per
+    # item) and listed back per row by a join, which keeps the per-item rules out of
+    # list lambdas (DuckDB evaluates big lambdas slowly) and off the rows without any.
     e_cols = [
         "coalesce(v_p_ots, CASE WHEN v_p_ots IS NULL THEN coalesce(f_p_ts, r_p_ts.value) END) "
         "AS __original",
-        f"{_products_sql()} AS __prod",
-        "list_transform(__cands, lambda c: CASE WHEN c.err IS NOT NULL THEN "
-        "{'kind': NULL, 'r': {'value': NULL, 'error': c.err}, 'field': c.field} "
-        "WHEN c.raw IS NULL OR c.raw IN ('null', '\"\"') THEN NULL "
-        f"ELSE {{'kind': c.kind, 'r': {_ident_expr('c.kind', 'c.raw')}, 'field': c.field}} END) "
-        "AS __idres",
+        "CASE WHEN tq_products = 'ARRAY' THEN {'items': coalesce(__pa_items, []), "
+        "'errors': coalesce(__pa_errors, [])} END AS __prod",
+        "{'items': coalesce(__ia_items, []), 'errors': coalesce(__ia_errors, [])} AS __ids",
     ]
     stage_e = f"SELECT *, {', '.join(e_cols)} FROM ({stage_d})"
-
-    f_cols = [
+    timestamp = (
         f"CASE WHEN __original IS NULL THEN {received} WHEN v_p_sent IS NULL THEN __original "
         f"ELSE make_timestamp(epoch_us({received}) - (epoch_us(v_p_sent) - epoch_us(__original))) "
-        f"END AS __timestamp",
-        "list_transform(list_filter(__idres, lambda x: x.r.value IS NOT NULL), "
-        "lambda x: {'kind': x.kind, 'value': x.r.value}) AS __idv",
-    ]
-    stage_f0 = f"SELECT *, {', '.join(f_cols)} FROM ({stage_e})"
-    stage_f = (
-        "SELECT *, CASE WHEN __idres IS NOT NULL THEN {"
-        "'items': list_filter(__idv, lambda x, i: list_position(__idv, x) = i), "
-        "'errors': list_transform(list_filter(__idres, lambda x: x.r.error IS NOT NULL), "
-        "lambda x: {'field': x.field, 'reason': x.r.error})} END AS __ids "
-        f"FROM ({stage_f0})"
+        f"END AS __timestamp"
     )
+    stage_f = f"SELECT *, {timestamp} FROM ({stage_e})"
 
     # 4. the error list, in the order validate_message adds them.
     event = _Text("p_event", "t_p_event", "s_p_event", lit("event"), numbers=False)
@@ -627,21 +634,17 @@ def checked_select(parts_sql: str, *, received_at: datetime, source: str) -> str
     return (
         f"SELECT {select}, __row, __bad, "
         f"CASE WHEN __bad THEN {errors} END AS __errors, "
-        f"CASE WHEN __bad THEN __raw END AS __raw, "
+        f"CASE WHEN __bad THEN {raw_sql} END AS __raw, "
         f"CASE WHEN NOT __bad AND NOT (t_p_mid = 'VARCHAR' AND s_p_mid <> '') "
-        f"AND t_p_mid NOT IN ('BIGINT', 'UBIGINT') THEN md5(__hsrc) END AS __h, __lines "
+        f"AND t_p_mid NOT IN ('BIGINT', 'UBIGINT') THEN md5({hash_sql}) END AS __h, "
+        "__lines "
         f"FROM ({stage_g})"
     )
 
 
-def _json_part(q: str) -> tuple[str, str]:
-    """(json type, string value) expressions of a JSON-text expression ``q``."""
-    return _jt(q), f"(CASE WHEN json_type({q}) = 'VARCHAR' THEN {q} ->> '$' END)"
-
-
-def _quantity(q: str, field_sql: str) -> tuple[str, list[_Err]]:
-    """``models._quantity``: a whole number within INT32 (value, errors)."""
-    t, s = _json_part(q)
+def _quantity(q: str, field_sql: str, t: str, s: str) -> tuple[str, list[_Err]]:
+    """``models._quantity``: a whole number within INT32 (value, errors); ``t``/``s`` are
+    the value's json type and string value."""
     stripped = _py_strip(s)
     whole = (
         f"(CASE WHEN {t} IN ('BIGINT', 'UBIGINT', 'HUGEINT') THEN TRY_CAST({q} AS HUGEINT) "
@@ -662,9 +665,9 @@ def _quantity(q: str, field_sql: str) -> tuple[str, list[_Err]]:
     return value, errors
 
 
-def _money(q: str, field_sql: str) -> tuple[str, list[_Err]]:
-    """``models._money`` on a JSON-text expression: (value, errors)."""
-    t, s = _json_part(q)
+def _money(q: str, field_sql: str, t: str, s: str) -> tuple[str, list[_Err]]:
+    """``models._money`` on a JSON-text expression: (value, errors); ``t``/``s`` are the
+    value's json type and string value."""
     fast, fast_value, slow = _money_value(q, t, s)
     slow_call = (
         f"(CASE WHEN {t} IN ('NULL', 'BOOLEAN', 'OBJECT', 'ARRAY') OR {fast} THEN NULL "
@@ -682,43 +685,112 @@ def _money(q: str, field_sql: str) -> tuple[str, list[_Err]]:
     return value, errors
 
 
-def _products_sql() -> str:
-    """``models._products`` over ``__qlist`` (each item with its extracted keys ``q``):
-    a struct ``{items, errors}``, NULL when there is no product list."""
+def products_sql(parts_sql: str) -> str:
+    """``models._products`` as a relation ``(__prow, items, errors)``: one row per message
+    whose ``properties.products`` is an array with at least one element.
+
+    Each element is a flat row (its keys extracted once); the rules run as plain
+    vectorised expressions and the results are listed back in element order."""
     keys = [*_PRODUCT_TEXT, "price", "quantity"]
-    where = "'properties.products[' || (i - 1) || ']'"
+    paths = ", ".join(lit("$." + k) for k in keys)
+    where = "'properties.products[' || (__i - 1) || ']'"
+    typed = ", ".join(
+        f"{_jt(f'q[{n}]')} AS t{n}, "
+        f"CASE WHEN json_type(q[{n}]) = 'VARCHAR' THEN q[{n}] ->> '$' END AS s{n}"
+        for n in range(1, len(keys) + 1)
+    )
     fields: list[str] = []
     errors: list[_Err] = []
     for n, key in enumerate(_PRODUCT_TEXT, start=1):
-        q = f"x.q[{n}]"
-        t, s = _json_part(q)
-        text = _Text(q, t, s, f"{where} || '.{key}'", numbers=True)
+        text = _Text(f"q[{n}]", f"t{n}", f"s{n}", f"{where} || '.{key}'", numbers=True)
         fields.append(f"'{key}': {text.value()}")
         errors += text.errors()
-    price, price_errors = _money(f"x.q[{len(keys) - 1}]", f"{where} || '.price'")
-    quantity, quantity_errors = _quantity(f"x.q[{len(keys)}]", f"{where} || '.quantity'")
+    np, nq = len(keys) - 1, len(keys)
+    price, price_errors = _money(f"q[{np}]", f"{where} || '.price'", f"t{np}", f"s{np}")
+    quantity, quantity_errors = _quantity(f"q[{nq}]", f"{where} || '.quantity'", f"t{nq}", f"s{nq}")
     fields += [f"'price': {price}", f"'quantity': {quantity}"]
     errors += price_errors + quantity_errors
-    items = (
-        "list_transform(__qlist, lambda x, i: CASE WHEN x.ok THEN {" + ", ".join(fields) + "} END)"
+    elements = (
+        "SELECT __row, it, __i, coalesce(json_type(it) = 'OBJECT', FALSE) AS ok, "
+        f"CASE WHEN json_type(it) = 'OBJECT' THEN json_extract(it, [{paths}])::VARCHAR[] "
+        "END AS q FROM (SELECT __row, unnest(from_json(q_products, '[\"JSON\"]')) AS it, "
+        "unnest(range(1, json_array_length(q_products)::BIGINT + 1)) AS __i "
+        f"FROM ({_product_lists(parts_sql)}) WHERE q_products <> '[]')"
     )
-    item_errors = (
-        "list_filter(flatten(list_transform(__qlist, lambda x, i: CASE WHEN NOT x.ok THEN "
-        f"[{{'field': {where}, 'reason': 'must be an object, got ' || {_tn(_jt('x.it'))}}}] "
-        f"ELSE [{', '.join(str(e) for e in errors)}] END)), lambda e: e IS NOT NULL)"
+    checked = (
+        f"SELECT __row, __i, CASE WHEN ok THEN {{{', '.join(fields)}}} END AS item, "
+        f"CASE WHEN NOT ok THEN [{{'field': {where}, "
+        f"'reason': 'must be an object, got ' || {_tn(_jt('it'))}}}] "
+        f"WHEN {' OR '.join(f'coalesce({e.cond}, FALSE)' for e in errors)} "
+        f"THEN [{', '.join(str(e) for e in errors)}] END AS errs "
+        f"FROM (SELECT *, {typed} FROM ({elements}))"
     )
-    return f"CASE WHEN __qlist IS NOT NULL THEN {{'items': {items}, 'errors': {item_errors}}} END"
-
-
-def _qlist_sql() -> str:
-    """Each product of ``properties.products`` with its keys extracted once."""
-    keys = [*_PRODUCT_TEXT, "price", "quantity"]
-    paths = ", ".join(lit("$." + k) for k in keys)
     return (
-        "CASE WHEN tq_products = 'ARRAY' THEN list_transform(from_json(q_products, "
-        "'[\"JSON\"]'), lambda it: {'it': it, 'ok': coalesce(json_type(it) = 'OBJECT', FALSE), "
-        f"'q': CASE WHEN json_type(it) = 'OBJECT' THEN json_extract(it, [{paths}])::VARCHAR[] "
-        "END}) END"
+        "SELECT __row, list(item ORDER BY __i) AS items, "
+        "list_filter(flatten(list(errs ORDER BY __i) FILTER (WHERE errs IS NOT NULL)), "
+        "lambda e: e IS NOT NULL) AS errors "
+        f"FROM ({checked}) GROUP BY __row"
+    )
+
+
+def _product_lists(parts_sql: str) -> str:
+    """``(__row, q_products)`` of the parts whose ``properties.products`` is an array.
+
+    A cheap text test skips the rows that cannot have one (a JSON key can be
+    written with escapes, so text with a backslash is always parsed)."""
+    return (
+        "SELECT __row, q_products FROM (SELECT __row, CASE WHEN json_type(p_props) = 'OBJECT' "
+        "THEN json_extract(p_props, '$.products') END AS q_products FROM "
+        f"(SELECT __row, p_props FROM ({parts_sql}) WHERE contains(p_props, 'products') "
+        "OR contains(p_props, '\\'))) WHERE json_type(q_products) = 'ARRAY'"
+    )
+
+
+def _candidate_lists(parts_sql: str) -> str:
+    """``(__row, __cands)`` of the parts that may carry identifiers (same text test)."""
+    maybe = " OR ".join(
+        f"contains(p_ctx, {lit(k)})" for k in ("device", "traits", "externalIds", "\\")
+    )
+    kind = (
+        "CASE WHEN json_type(p_type) = 'VARCHAR' AND p_type ->> '$' = 'identify' "
+        "THEN 'identify' END"
+    )
+    narrow = (
+        f"SELECT __row, p_traits, p_ctx, {_jt('p_ctx')} AS t_p_ctx, "
+        f"{_jt('p_traits')} AS t_p_traits, {kind} AS __kind, "
+        "CASE WHEN json_type(p_ctx) = 'OBJECT' AND p_ctx <> '{}' THEN json_extract(p_ctx, "
+        f"[{', '.join(lit('$.' + k) for k in _CTX_PATHS)}]) END AS __cx "
+        f"FROM ({parts_sql}) WHERE (p_traits IS NOT NULL AND p_traits <> 'null') OR {maybe}"
+    )
+    return f"SELECT __row, {_candidates_sql()} AS __cands FROM ({narrow})"
+
+
+def identifiers_sql(parts_sql: str) -> str:
+    """``models._identifiers`` as a relation ``(__irow, items, errors)`` over the rows
+    with at least one candidate: normalised identifiers in candidate order without
+    repeats, and the candidates' errors."""
+    resolved = (
+        "SELECT __row, __i, c.kind AS kind, c.field AS field, c.raw AS raw, c.err AS err "
+        "FROM (SELECT __row, unnest(__cands) AS c, unnest(range(1, len(__cands) + 1)) AS __i "
+        f"FROM ({_candidate_lists(parts_sql)}) WHERE len(__cands) > 0)"
+    )
+    checked = (
+        "SELECT __row, __i, kind, field, CASE WHEN err IS NOT NULL "
+        "THEN {'value': NULL::VARCHAR, 'error': err} "
+        f"ELSE {_ident_expr('kind', 'raw')} END AS r FROM ({resolved}) "
+        "WHERE err IS NOT NULL OR NOT (raw IS NULL OR raw IN ('null', '\"\"'))"
+    )
+    first = (
+        "SELECT *, r.value IS NOT NULL AND row_number() OVER "
+        "(PARTITION BY __row, kind, r.value ORDER BY __i) = 1 AS __first "
+        f"FROM ({checked})"
+    )
+    return (
+        "SELECT __row, "
+        "list({'kind': kind, 'value': r.value} ORDER BY __i) FILTER (WHERE __first) AS items, "
+        "list({'field': field, 'reason': r.error} ORDER BY __i) "
+        "FILTER (WHERE r.error IS NOT NULL) AS errors "
+        f"FROM ({first}) GROUP BY __row"
     )
 
 
@@ -732,11 +804,8 @@ def _candidates_sql() -> str:
         )
 
     parts: list[str] = []
-    device = cand(lit(DEVICE_ID), "json_extract(p_ctx, '$.device.id')", "'context.device.id'")
-    parts.append(
-        "CASE WHEN t_p_ctx = 'OBJECT' AND json_type(p_ctx, '$.device') = 'OBJECT' "
-        f"THEN [{device}] END"
-    )
+    device = cand(lit(DEVICE_ID), "json_extract(__cx[1], '$.id')", "'context.device.id'")
+    parts.append(f"CASE WHEN json_type(__cx[1]) = 'OBJECT' THEN [{device}] END")
     for where, guard, bag in (
         (
             "traits",
@@ -745,9 +814,8 @@ def _candidates_sql() -> str:
         ),
         (
             "context.traits",
-            "t_p_ctx = 'OBJECT' AND json_type(p_ctx, '$.traits') = 'OBJECT' "
-            "AND json_extract(p_ctx, '$.traits')::VARCHAR <> '{}'",
-            "json_extract(p_ctx, '$.traits')",
+            "json_type(__cx[2]) = 'OBJECT' AND __cx[2]::VARCHAR <> '{}'",
+            "__cx[2]",
         ),
     ):
         items = ", ".join(
@@ -755,7 +823,7 @@ def _candidates_sql() -> str:
             for key, kind in TRAIT_IDENTIFIERS
         )
         parts.append(f"CASE WHEN {guard} THEN [{items}] END")
-    ext = "json_extract(p_ctx, '$.externalIds')"
+    ext = "__cx[3]"
     where = "'context.externalIds[' || (i - 1) || ']'"
     external = cand("lower(it ->> '$.type')", "json_extract(it, '$.id')", where + " || '.id'")
     item = (
@@ -809,17 +877,17 @@ def _ident_expr(kind: str, raw: str) -> str:
 
 def _channel_sql() -> str:
     """``models.derive_channel``."""
-    ctx_channel = "p_ctx ->> '$.channel'"
+    ctx_channel = "(__cx[4] ->> '$')"
     explicit = (
         "CASE WHEN t_p_channel = 'VARCHAR' AND s_p_channel <> '' THEN s_p_channel "
-        "WHEN t_p_ctx = 'OBJECT' AND p_ctx <> '{}' AND json_type(p_ctx, '$.channel') = 'VARCHAR' "
+        "WHEN t_p_ctx = 'OBJECT' AND p_ctx <> '{}' AND json_type(__cx[4]) = 'VARCHAR' "
         f"AND {ctx_channel} <> '' THEN {ctx_channel} END"
     )
     lowered = f"lower({_py_strip(f'({explicit})')})"
     mapped = " ".join(f"WHEN {lit(k)} THEN {lit(v)}" for k, v in _SEGMENT_CHANNELS)
 
     def truthy(key: str) -> str:
-        return _truthy(f"json_extract(p_ctx, {lit('$.' + key)})")
+        return _truthy(f"__cx[{_CTX_PATHS.index(key) + 1}]")
 
     has_ctx = "t_p_ctx = 'OBJECT' AND p_ctx <> '{}'"
     return (

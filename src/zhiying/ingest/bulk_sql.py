@@ -16,7 +16,7 @@ Every relation carries ``__row``, the 1-based data row number of the file
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,12 +105,15 @@ def segment_parts_sql(path: Path) -> str:
         f"THEN strlen(json(line)) ELSE strlen(line) END"
     )
     return (
-        f"SELECT __row, line AS __raw, line AS __hsrc, 1 AS __lines, __top, "
+        f"SELECT __row, line AS __raw, NULL::VARCHAR AS __hsrc, 1 AS __lines, __top, "
         f"coalesce(__top = 'OBJECT', FALSE) AS __ok, {size} AS __size, {parts} "
-        f"FROM (SELECT line, __row, __valid, CASE WHEN __valid THEN json_type(line) END AS __top, "
-        f"CASE WHEN __valid AND json_type(line) = 'OBJECT' THEN json_extract(line, [{paths}]) "
-        f"END AS __j FROM (SELECT line, __row, json_valid(line) AS __valid FROM "
-        f"({lines_sql(path)}) WHERE line IS NOT NULL AND regexp_matches(line, '\\S')))"
+        # a valid JSON text whose first non-blank character is { is an object
+        f"FROM (SELECT line, __row, __valid, __top, CASE WHEN __top = 'OBJECT' THEN "
+        f"json_extract(line, [{paths}]) END AS __j "
+        f"FROM (SELECT CASE WHEN NOT __valid THEN NULL "
+        f"WHEN regexp_matches(line, '^[ \\t\\r\\n]*[{{]') THEN 'OBJECT' ELSE json_type(line) "
+        f"END AS __top, line, __row, __valid FROM (SELECT line, __row, json_valid(line) AS __valid "
+        f"FROM ({lines_sql(path)}) WHERE line IS NOT NULL AND regexp_matches(line, '\\S'))))"
     )
 
 
@@ -233,10 +236,14 @@ def _object_json(entries: Sequence[tuple[str, str]], base: str | None = None) ->
 
 @dataclass(frozen=True)
 class MappedPlan:
-    """How a mapping reads one file: the parts SQL and whether rows are grouped."""
+    """How a mapping reads one file: the parts SQL, whether rows are grouped, and the
+    expressions (over the parts) of a row's raw text and of the text its derived
+    messageId hashes."""
 
     sql: str
     grouped: bool
+    raw_sql: str = "__raw"
+    hash_sql: str = "__hsrc"
 
 
 _SEGMENT_NAMES = {
@@ -432,36 +439,42 @@ def mapped_parts_sql(
         "p_sent": None,
     }
     hashed = sorted(mapping.used_columns() | {c.name for c in rest})
-    content = (
-        f"concat_ws({lit(_US)}, {lit(mapping.id_namespace)}, {lit(kind)}"
-        + "".join(f", coalesce(({ident(c)})::VARCHAR, chr(0))" for c in hashed)
-        + (", __row::VARCHAR" if _uses_row(mapping) else "")
-        + ")"
-    )
-    raw = (
-        "to_json(struct_pack("
-        + ", ".join(f"{ident(c.name)} := {ident(c.name)}" for c in columns)
-        + "))"
-    )
+
+    def content(ref: Callable[[str], str]) -> str:
+        return (
+            f"concat_ws({lit(_US)}, {lit(mapping.id_namespace)}, {lit(kind)}"
+            + "".join(f", coalesce(({ref(c)})::VARCHAR, chr(0))" for c in hashed)
+            + (", __row::VARCHAR" if _uses_row(mapping) else "")
+            + ")"
+        )
+
+    src = "struct_pack(" + ", ".join(f"{ident(c.name)} := {ident(c.name)}" for c in columns) + ")"
     row_parts = ", ".join(f"({expr or 'NULL'})::VARCHAR AS {col}" for col, expr in parts.items())
     key = ""
     if grouped and mapping.order_id is not None:
         key = f", ({_text_expr(mapping.order_id, cols)})::VARCHAR AS __key"
-    rows = (
-        f"SELECT __row, {raw} AS __raw, {content} AS __hsrc, {row_parts}, "
-        f"({line})::VARCHAR AS __line, {pay} AS __pay"
-        + key
-        + f" FROM ({source})"
-    )
     size = " + ".join(f"coalesce(strlen({col}), 0)" for col in parts) + " + 200"
     head = (
         f"SELECT __row, __raw, __hsrc, __lines, 'OBJECT' AS __top, TRUE AS __ok, {size} AS __size"
     )
     if not grouped:
-        return MappedPlan(
-            f"{head}, {', '.join(parts)} FROM (SELECT *, 1 AS __lines FROM ({rows}))",
-            grouped=False,
+        # The raw row and the hashed text are needed for few rows (rejected ones, ones
+        # without a messageId): the source columns travel as a struct and are turned
+        # into text only for those rows (see checked_select's raw_sql / hash_sql).
+        rows = (
+            f"SELECT __row, NULL::VARCHAR AS __raw, NULL::VARCHAR AS __hsrc, {src} AS __src, "
+            f"{row_parts} FROM ({source})"
         )
+        return MappedPlan(
+            f"{head}, __src, {', '.join(parts)} FROM (SELECT *, 1 AS __lines FROM ({rows}))",
+            grouped=False,
+            raw_sql="to_json(__src)::VARCHAR",
+            hash_sql=content(lambda c: f"struct_extract(__src, {lit(c)})"),
+        )
+    rows = (
+        f"SELECT __row, to_json({src}) AS __raw, {content(ident)} AS __hsrc, {row_parts}, "
+        f"({line})::VARCHAR AS __line, {pay} AS __pay" + key + f" FROM ({source})"
+    )
     return MappedPlan(_grouped_sql(rows, head, parts, mapping), grouped=True)
 
 

@@ -6,10 +6,21 @@ Steps, for a batch of validated ``EVENTS`` rows:
    whose ``message_id`` is stored with ``received_at`` inside the dedup window
    (``settings.dedup_window_days``; ``zhiying.warehouse.events``);
 2. in ONE operational transaction: resolve every row to a ONE_ID
-   (``zhiying.identity.service.resolve_events``) and upsert the current traits
-   of identify calls (``zhiying.profiles.service.upsert_traits``);
-3. in the warehouse: point merged-away ONE_IDs at their owner
-   (``one_id_aliases``), append ``trait_updates``, and append the events last.
+   (``zhiying.identity.service.resolve_events``, with this process's
+   identifier cache: ``zhiying.identity.cache``) and upsert the current traits
+   of identify calls (``zhiying.profiles.service.upsert_traits``); before that
+   transaction commits, point merged-away ONE_IDs at their owner in the
+   warehouse (``one_id_aliases``);
+3. after it committed: append ``trait_updates``, and append the events last.
+
+Aliases go to the warehouse before the operational commit so that a failure
+there rolls the merges back too: the retry merges again and writes the
+aliases again (a merge's winner is decided by stored facts, so it is the same
+pair). Committed merges never lack their aliases. The opposite window is
+narrower: if the operational COMMIT itself fails after the aliases were
+written, the warehouse already shows merges the operational store does not
+hold until the client's retry makes them (pairs naming ONE_IDs minted by the
+failed attempt point from ids no event carries and are harmless).
 
 Durability: when ``store_events`` returns, the operational transaction is
 committed and every warehouse statement has committed (DuckDB commits each
@@ -29,13 +40,17 @@ has one writer and the dedup check must see every earlier batch.
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
 import pyarrow as pa
+from sqlalchemy import Engine
 
+from zhiying.identity.cache import IdentityCache
 from zhiying.identity.service import resolve_events
 from zhiying.profiles.service import upsert_traits
 from zhiying.profiles.traits import trait_updates
@@ -50,6 +65,18 @@ from zhiying.warehouse.events import (
 from zhiying.warehouse.schema import EVENTS
 
 _ONE_ID = EVENTS.get_field_index("one_id")
+
+_caches: weakref.WeakKeyDictionary[Engine, IdentityCache] = weakref.WeakKeyDictionary()
+_caches_lock = threading.Lock()
+
+
+def identity_cache(engine: Engine) -> IdentityCache:
+    """This process's identifier cache for the operational store behind ``engine``."""
+    with _caches_lock:
+        cache = _caches.get(engine)
+        if cache is None:
+            cache = _caches[engine] = IdentityCache()
+        return cache
 
 
 @dataclass(frozen=True)
@@ -103,17 +130,19 @@ def store_events(stores: Stores, events: pa.Table) -> StoreResult:
         if fresh.num_rows == 0:
             return StoreResult(0, total, 0, 0, stored, timings)
 
+        cache = identity_cache(stores.engine)
         with stores.engine.begin() as conn:
-            resolution = resolve_events(conn, fresh, now)
+            resolution = resolve_events(conn, fresh, now, cache)
             fresh = fresh.set_column(_ONE_ID, EVENTS.field("one_id"), resolution.one_ids)
             t2 = time.perf_counter()
             updates = trait_updates(fresh)
             upsert_traits(conn, updates)
-        t3 = time.perf_counter()
+            t3 = time.perf_counter()
+            replace_aliases(warehouse, resolution.aliases)
+        cache.apply(resolution.generation, resolution.cache_entries)
         timings["identity"] = t2 - t1
         timings["traits"] = t3 - t2
 
-        replace_aliases(warehouse, resolution.aliases)
         if updates.num_rows:
             warehouse.insert("trait_updates", updates)
         warehouse.insert("events", fresh)

@@ -330,3 +330,15 @@ segment_snapshots = sa.Table(
     sa.Column("exited", sa.Integer, nullable=False),
     sa.Column("created_at", UtcDateTime(), nullable=False),
 )
+
+# --- identity: merge generation (migration 0003_identity_generation) ---------------
+
+# One row (id = 1). Every identity merge increments ``generation`` in its own
+# transaction; processes that cache identifier → ONE_ID drop their cache when
+# they see it move (``zhiying.identity.cache``).
+identity_generation = sa.Table(
+    "identity_generation",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("generation", sa.BigInteger, nullable=False),
+)
