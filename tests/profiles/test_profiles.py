@@ -180,3 +180,29 @@ def test_profile_routes_need_an_admin_key(stores: Stores) -> None:
             c.get("/api/events/count", headers={"Authorization": f"Bearer {write}"}).status_code
             == 403
         )
+
+
+def test_profile_shows_computed_tags_including_events_of_merged_devices(
+    client: TestClient, stores: Stores
+) -> None:
+    from datetime import UTC, timedelta
+
+    from tests.identity.events import T0
+    from zhiying.profiles.tags import service as tags
+    from zhiying.profiles.tags.models import DynamicTag, EventSelector
+
+    _shared_device_story(stores)
+    tags.define_tag(
+        stores,
+        DynamicTag(
+            name="views_30d",
+            where=EventSelector(events=["Product Viewed"]),
+            window_days=30,
+            aggregate="count",
+        ),
+    )
+    tags.refresh(stores, as_of=(T0 + timedelta(days=1)).replace(tzinfo=UTC))
+    body = client.get("/api/profiles/user_id:alice").json()
+    # The one view came from the web device before it logged in as alice.
+    assert body["tags"] == {"views_30d": 1}
+    assert client.get("/api/profiles/user_id:bob").json()["tags"] == {"views_30d": 0}

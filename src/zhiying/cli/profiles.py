@@ -101,6 +101,11 @@ def render_profile(profile: dict[str, Any]) -> None:
     for t in profile["traits"]:
         traits.add_row(t["key"], _show(t["value"]), t["updated_at"])
     console.print(traits)
+    if profile.get("tags"):
+        tags = Table("tag", "value", title="tags")
+        for name, value in profile["tags"].items():
+            tags.add_row(name, _show(value))
+        console.print(tags)
     counts = profile["counts"]
     table = Table("events", "count", title=f"events: {counts['total']}")
     for kind, n in counts["by_type"].items():

@@ -46,6 +46,9 @@ class ProfilePublic(BaseModel):
     counts: CountsPublic
     first_seen: str | None
     last_seen: str | None
+    tags: dict[str, Any] = Field(
+        default_factory=dict, description="Current computed tags: label or number."
+    )
 
 
 class EventsPublic(BaseModel):

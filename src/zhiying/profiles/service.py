@@ -166,6 +166,8 @@ class Profile:
     counts: EventCounts
     first_seen: datetime | None
     last_seen: datetime | None
+    tags: dict[str, Any] = field(default_factory=dict)
+    """Current computed tag values (``zhiying.profiles.tags``): label or number."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (ISO-8601 UTC times), shared by the API and the CLI."""
@@ -197,6 +199,7 @@ class Profile:
             },
             "first_seen": _iso(self.first_seen),
             "last_seen": _iso(self.last_seen),
+            "tags": dict(self.tags),
         }
 
 
@@ -335,7 +338,19 @@ def get_profile(stores: Stores, ref: str) -> Profile:
         counts=counts,
         first_seen=first,
         last_seen=last,
+        tags=_current_tags(stores, ids),
     )
+
+
+def _current_tags(stores: Stores, ids: list[str]) -> dict[str, Any]:
+    """Tags of the person; values computed under the owner win over older merged ONE_IDs."""
+    from zhiying.profiles.tags.service import tags_for  # tags import profiles' readers
+
+    found = tags_for(stores, ids)
+    merged: dict[str, Any] = {}
+    for one_id in reversed(ids):  # the owner (ids[0]) last, so it wins
+        merged.update(found.get(one_id, {}))
+    return dict(sorted(merged.items()))
 
 
 _EVENT_COLUMNS = (
