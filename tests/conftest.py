@@ -8,17 +8,24 @@ for the parametrised ones.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests import pg
 from zhiying.clock import ManualClock
 from zhiying.config import Settings
 from zhiying.runtime import Stores, open_stores
+
+# CI runs the property tests on fixed examples (no flaky red build from a rare draw, no
+# deadline on a busy machine); locally they explore new examples on every run.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

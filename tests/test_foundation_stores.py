@@ -49,3 +49,24 @@ def test_repeated_message_id_is_stored_once_and_aliases_move_events(wh_stores: S
         f"SELECT person_id, count(*) AS n FROM ({RESOLVED_EVENTS_SQL}) r GROUP BY person_id"
     ).to_pylist()
     assert rows == [{"person_id": "b", "n": 2}]
+
+
+def test_store_errors_do_not_carry_statement_parameters(ops_stores: Stores) -> None:
+    phone = "+8613800000000"
+    with ops_stores.engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO traits (one_id, key, value, updated_at) VALUES (:o, :k, :v, :t)"),
+            {"o": "u1", "k": "phone", "v": '"x"', "t": datetime(2026, 1, 1)},
+        )
+    try:
+        with ops_stores.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO traits (one_id, key, value, updated_at) VALUES (:o, :k, :v, :t)"
+                ),
+                {"o": "u1", "k": "phone", "v": f'"{phone}"', "t": datetime(2026, 1, 1)},
+            )
+    except sa.exc.IntegrityError as exc:
+        assert phone not in str(exc)
+    else:
+        raise AssertionError("a duplicate primary key must fail")

@@ -173,6 +173,12 @@ class ReasonIn(BaseModel):
     reason: str = Field(default="", max_length=300)
 
 
+class RefundIn(ReasonIn):
+    """Without ``lines`` the whole order is refunded; with them only those lines."""
+
+    lines: list[str] | None = Field(default=None, min_length=1, max_length=1000)
+
+
 class BlockIn(BaseModel):
     kind: str = Field(pattern=r"^[a-z_]{2,32}$")
     value: str = Field(min_length=1, max_length=256)
@@ -360,7 +366,7 @@ def release(
 @router.post("/orders/{order_id}/refund")
 def refund(
     order_id: str,
-    body: ReasonIn,
+    body: RefundIn,
     stores: StoresDep,
     _: AdminKey,
     tasks: BackgroundTasks,
@@ -372,6 +378,7 @@ def refund(
         stores.clock.now(),
         reason=body.reason or "order refunded",
         idempotency_key=idempotency_key,
+        lines=body.lines,
     )
     tasks.add_task(_publish, stores)
     return result

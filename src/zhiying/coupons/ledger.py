@@ -37,6 +37,8 @@ EVENT_NAMES: dict[str, str] = {
     "released": "Coupon Released",
     "expired": "Coupon Expired",
     "refunded": "Coupon Refunded",
+    # A partial refund is a refund too; ``action`` and ``lines`` tell it apart.
+    "partially_refunded": "Coupon Refunded",
     "voided": "Coupon Voided",
 }
 PUBLISH_PAGE = 100_000
@@ -45,7 +47,9 @@ PUBLISH_PAGE = 100_000
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """One transition of one coupon. ``amount`` is minor units: the face value for
-    ``issued``/``expired``/``voided``, the discount for ``locked``/``redeemed``/``refunded``."""
+    ``issued``/``expired``/``voided``, the discount for ``locked``/``redeemed``/``refunded``,
+    the discount clawed back for ``partially_refunded`` (whose ``lines`` are the refunded
+    line ids)."""
 
     code: str
     seq: int
@@ -60,6 +64,7 @@ class LedgerEntry:
     reason: str = ""
     request_key: str | None = None
     batch_id: str | None = None
+    lines: tuple[str, ...] | None = None
 
     def row(self) -> dict[str, Any]:
         return {
@@ -76,6 +81,7 @@ class LedgerEntry:
             "reason": self.reason,
             "request_key": self.request_key,
             "batch_id": self.batch_id,
+            "lines": list(self.lines) if self.lines is not None else None,
             "published": False,
         }
 
@@ -128,6 +134,7 @@ def _entry(r: Any) -> LedgerEntry:
         reason=r["reason"],
         request_key=r["request_key"],
         batch_id=r["batch_id"],
+        lines=tuple(r["lines"]) if r["lines"] is not None else None,
     )
 
 
@@ -143,7 +150,7 @@ def events_table(
     Properties follow Segment's coupon events (``coupon_id``, ``coupon_name``,
     ``order_id``) plus ``template_id``, ``benefit``, ``action``, ``from_state``,
     ``to_state``, ``reason`` and money as integers in minor units (``face_value_minor``
-    or ``discount_minor``).
+    or ``discount_minor``); a partial refund adds ``lines`` (the refunded line ids).
     """
     recv = _naive_utc(received_at)
     cols: dict[str, list[Any]] = {
@@ -154,7 +161,10 @@ def events_table(
     shapes: dict[tuple[Any, ...], str] = {}
     times: dict[datetime, datetime] = {}
     for e in entries:
-        shape = (e.template_id, e.action, e.from_state, e.to_state, e.order_id, e.amount, e.reason)
+        shape = (
+            e.template_id, e.action, e.from_state, e.to_state, e.order_id, e.amount, e.reason,
+            e.lines,
+        )  # fmt: skip
         tail = shapes.get(shape)
         if tail is None:
             name, kind = templates.get(e.template_id, ("", ""))
@@ -175,6 +185,8 @@ def events_table(
                 props["face_value_minor" if face else "discount_minor"] = e.amount
             if e.reason:
                 props["reason"] = e.reason
+            if e.lines is not None:
+                props["lines"] = list(e.lines)
             tail = shapes[shape] = orjson.dumps(props).decode()[1:]
         at = times.get(e.at)
         if at is None:

@@ -247,6 +247,10 @@ def parse_money(value: object) -> Decimal:
         raise ValueError(f"not a number: {str(value)[:40]!r}") from None
     if not amount.is_finite():
         raise ValueError("must be a finite number")
+    # Checked before quantize: a huge amount (1e26) has more digits than the
+    # decimal context holds and would make quantize raise instead of refusing.
+    if abs(amount) >= MONEY_LIMIT:
+        raise ValueError("too large (at most 16 digits before the decimal point)")
     cents = amount.quantize(_CENT, rounding=ROUND_HALF_EVEN)
     if abs(cents - amount) > _FLOAT_NOISE:
         raise ValueError(f"has more than 2 decimal places ({value}); send whole cents")

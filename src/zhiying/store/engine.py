@@ -25,7 +25,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url``; SQLite files get WAL and their directory is created."""
+    """An engine for ``url``; SQLite files get WAL and their directory is created.
+
+    Statement parameters are hidden from error messages (``hide_parameters``):
+    they carry phones, e-mails and coupon codes, and errors end up in logs.
+    """
+    kwargs.setdefault("hide_parameters", True)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":

@@ -243,8 +243,8 @@ coupon_ledger = sa.Table(
     sa.Column("seq", sa.Integer, primary_key=True),
     sa.Column("template_id", sa.String(40), nullable=False),
     sa.Column("one_id", sa.String(40), nullable=False),
-    # issued | locked | released | redeemed | refunded | voided | expired
-    sa.Column("action", sa.String(16), nullable=False),
+    # issued | locked | released | redeemed | refunded | partially_refunded | voided | expired
+    sa.Column("action", sa.String(32), nullable=False),
     sa.Column("from_state", sa.String(16), nullable=True),
     sa.Column("to_state", sa.String(16), nullable=False),
     sa.Column("at", UtcDateTime(), nullable=False),
@@ -253,6 +253,7 @@ coupon_ledger = sa.Table(
     sa.Column("reason", sa.String(300), nullable=False, server_default=""),
     sa.Column("request_key", sa.String(200), nullable=True),
     sa.Column("batch_id", sa.String(64), nullable=True),
+    sa.Column("lines", sa.JSON, nullable=True),  # refunded line ids (partially_refunded)
     # The ledger is the outbox of the warehouse's coupon events.
     sa.Column("published", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index(
