@@ -82,6 +82,40 @@ def test_bad_rules_get_422_naming_the_path_inside_the_rule(client: TestClient) -
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "where.0.property"
 
 
+def test_unknown_tag_or_layer_gets_422_instead_of_matching_nobody(
+    client: TestClient, stores: Stores
+) -> None:
+    from zhiying.profiles.tags import service as tags
+    from zhiying.profiles.tags.models import DynamicTag, EventSelector
+
+    rule = {
+        "type": "and",
+        "rules": [
+            {"type": "layer", "layer": "lifecycle", "op": "eq", "value": "loyal"},
+            {"type": "tag", "tag": "orders_90d", "op": "gte", "value": 2},
+        ],
+    }
+    r = client.post("/api/segments/preview", json={"rule": rule})
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "rules.1.tag"
+    assert "orders_90d" in r.json()["errors"][0]["reason"]
+
+    tags.define_tag(
+        stores,
+        DynamicTag(
+            name="orders_90d",
+            where=EventSelector(events=["Order Completed"]),
+            window_days=90,
+            aggregate="count",
+        ),
+    )
+    assert client.post("/api/segments/preview", json={"rule": rule}).status_code == 200
+
+    rule["rules"][0]["layer"] = "lifecycel"
+    r = client.post("/api/segments/preview", json={"rule": rule})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "rules.0.layer"
+
+
 def test_rule_json_schema_is_in_the_openapi_document(client: TestClient) -> None:
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     # FastAPI names request and response variants ``X-Input`` / ``X-Output``.

@@ -52,6 +52,7 @@ from zhiying.segments.models import (
     AndGroup,
     EventCondition,
     EventTimeCondition,
+    LayerCondition,
     NotGroup,
     OrGroup,
     PreviewResult,
@@ -60,6 +61,7 @@ from zhiying.segments.models import (
     SegmentCondition,
     SegmentCreate,
     SegmentUpdate,
+    TagCondition,
     TraitCondition,
     parse_rule,
     rule_json,
@@ -223,6 +225,30 @@ def check_names(warehouse: Warehouse, rule: Rule) -> None:
                 )
 
 
+def check_tags_and_layers(stores: Stores, rule: Rule) -> None:
+    """Raise ``UnknownName`` (with the path inside the rule) for a tag that is not defined
+    or a layer that does not exist: such a condition would silently match nobody."""
+    from zhiying.profiles.layers.models import LAYER_NAMES
+    from zhiying.profiles.tags.service import list_tags
+
+    defined: set[str] | None = None
+    for node, path in _walk(rule, ""):
+        prefix = f"{path}." if path else ""
+        if isinstance(node, LayerCondition) and node.layer not in LAYER_NAMES:
+            raise UnknownName(
+                f"no layer named {node.layer!r}; layers are {', '.join(LAYER_NAMES)}",
+                field=f"{prefix}layer",
+            )
+        if isinstance(node, TagCondition):
+            if defined is None:
+                defined = {t.definition.name for t in list_tags(stores)}
+            if node.tag not in defined:
+                raise UnknownName(
+                    f"no tag named {node.tag!r} is defined (zhiying tags define)",
+                    field=f"{prefix}tag",
+                )
+
+
 def prepare(
     stores: Stores,
     rule: Rule,
@@ -232,6 +258,7 @@ def prepare(
 ) -> CompiledRule:
     """Check the names ``rule`` uses and compile it as of ``at``."""
     check_names(stores.warehouse, rule)
+    check_tags_and_layers(stores, rule)
     if conn is not None:
         return compile_rule(rule, at, StoreCatalog(conn, overrides))
     with stores.engine.connect() as own:
