@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import pkgutil
 import subprocess
 import sys
@@ -17,7 +16,6 @@ def main() -> int:
     failed = []
     for name in names:
         module = f"bench.{name}"
-        importlib.util.find_spec(module)
         print(f"\n===== {module} =====", flush=True)
         code = subprocess.call([sys.executable, "-m", module])
         if code != 0:
