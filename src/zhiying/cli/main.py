@@ -10,6 +10,7 @@ from zhiying.cli import demo as demo_cli
 from zhiying.cli import profiles as profiles_cli
 from zhiying.cli import segments as segments_cli
 from zhiying.cli import tags as tags_cli
+from zhiying.cli import worker as worker_cli
 
 app = typer.Typer(
     name="zhiying",
@@ -28,6 +29,7 @@ app.add_typer(tags_cli.layers_app, name="layers")
 app.add_typer(segments_cli.app, name="segment")
 app.command()(serve.serve)
 app.command()(demo_cli.demo)
+app.command()(worker_cli.worker)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``zhiying serve``: the API (and, later, the worker) in one process."""
+"""``zhiying serve``: the API and the worker (scheduled jobs) in one process."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ import uvicorn
 
 from zhiying.api.app import create_app
 from zhiying.cli.common import stores_for_cli
+from zhiying.worker.loop import Worker, WorkerThread
 
 
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="TCP port."),
     log_level: str = typer.Option("info", help="uvicorn log level."),
+    worker: bool = typer.Option(
+        True, help="Run the scheduled jobs (segment snapshots, tag refreshes, coupon sweeps)."
+    ),
+    worker_poll: float = typer.Option(15.0, min=0.1, help="Seconds between worker ticks."),
 ) -> None:
     """Apply migrations, open the stores and serve HTTP until interrupted."""
     with stores_for_cli() as stores:
@@ -22,4 +27,11 @@ def serve(
         # Access logs carry no keys: Basic credentials travel in headers, which
         # uvicorn does not log.
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        jobs = WorkerThread(Worker(stores), worker_poll) if worker else None
+        if jobs is not None:
+            jobs.start()
+        try:
+            uvicorn.run(app, host=host, port=port, log_level=log_level)
+        finally:
+            if jobs is not None:
+                jobs.stop()

@@ -343,3 +343,16 @@ identity_generation = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("generation", sa.BigInteger, nullable=False),
 )
+
+# --- worker: job leases (migration 0005_worker_leases) -------------------------------
+
+# One row per scheduled job. A worker runs a job only while it holds the job's
+# lease (``holder``, until ``expires_at``); several ``serve``/``worker``
+# processes on one PostgreSQL database therefore never run the same job at once.
+worker_leases = sa.Table(
+    "worker_leases",
+    metadata,
+    sa.Column("job", sa.String(80), primary_key=True),
+    sa.Column("holder", sa.String(80), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
+)
