@@ -7,13 +7,16 @@ Pure: no I/O. The expression reads unbound warehouse tables (``events``,
 
 How it is built. Every condition becomes a *feature* (a per-person aggregate:
 a filtered count, a sum, the latest trait value…) plus a boolean test of that
-feature. Features of one source are computed in one ``GROUP BY person`` pass
-(``events`` is scanned once however many event conditions the rule has);
-the per-source feature tables are joined on the person and the rule's
-boolean tree filters the result. Which people are candidates:
+feature. Features of one source are computed in one ``GROUP BY person`` pass;
+the events are one filtered scan per distinct *row set* (event name, window,
+property filters), ``UNION ALL``ed and tagged (see ``_event_scan``). The
+per-source feature tables are joined on the person and the rule's boolean
+tree filters the result. Which people are candidates:
 
 - when the rule needs some source (an ``and`` holding ``city = Beijing`` needs
-  a trait row), that source drives and the others are left-joined;
+  a trait row), that source drives and the others are left-joined; the other
+  sources are read only for the people the driver's own conditions keep
+  (``_owned_by``);
 - when it needs none but is false for a person with no data, the feature
   tables are full-outer-joined;
 - when it is true for a person with no data (``not …``, ``did not …``), every
@@ -155,6 +158,8 @@ PRODUCT_FIELDS: dict[str, str] = {
     "coupon": "string",
 }
 PRODUCTS_PREFIX = "properties.products[]."
+ROW_SET = "row_set"
+"""Column of the scanned events: which condition's row set a row belongs to."""
 
 
 # --- comparisons ---------------------------------------------------------------------------
@@ -217,6 +222,17 @@ RowFn = Callable[[ir.Table], ir.Value]
 Test = Callable[[ir.Table], ir.BooleanValue]
 
 
+@dataclass(frozen=True)
+class _RowSet:
+    """The events one or more conditions count: ``event`` rows at or after ``start``
+    passing ``test`` (window and property filters). Scanned once, tagged ``number``."""
+
+    number: int
+    event: str
+    start: datetime | None
+    test: Callable[[ir.Table], ir.BooleanValue]
+
+
 @dataclass
 class _Features:
     """Per-source named aggregates, deduplicated by a canonical key."""
@@ -228,10 +244,11 @@ class _Features:
     tag_names: set[str] = field(default_factory=set)
     layer_names: set[str] = field(default_factory=set)
     snapshots: set[tuple[str, datetime]] = field(default_factory=set)
-    event_columns: set[str] = field(default_factory=lambda: {"event", "timestamp"})
-    # Start of each event feature's window (None: unbounded), to prune the scan.
-    # Row test of every event condition (rows passing none are not aggregated).
-    event_rows: list[Callable[[ir.Table], ir.BooleanValue]] = field(default_factory=list)
+    # Event columns the aggregates read (beyond the person): measures, timestamps.
+    event_columns: set[str] = field(default_factory=lambda: {"timestamp"})
+    # Distinct row sets of the event conditions, by canonical key: (number, event
+    # name, earliest timestamp or None, row test on the stored events).
+    event_sets: dict[str, _RowSet] = field(default_factory=dict)
     # Sources read by each node being compiled (innermost last).
     reading: list[set[Source]] = field(default_factory=list)
 
@@ -310,7 +327,6 @@ class _Compiler:
                     field=f"{_pre(path)}property",
                 )
             self._check_kind(kind, fkind, prop, f"{_pre(path)}value")
-            self.f.event_columns.add("products")
 
             def elem(p: ir.StructValue) -> ir.BooleanValue:
                 v = p[fld].cast("float64") if fkind == "number" else p[fld]
@@ -326,7 +342,6 @@ class _Compiler:
         if typed is not None:
             column, ckind = typed
             self._check_kind(kind, ckind, prop, f"{_pre(path)}value")
-            self.f.event_columns.add(column)
 
             def typed_test(r: ir.Table) -> ir.BooleanValue:
                 col = r[column].cast("float64") if ckind == "number" else r[column]
@@ -340,7 +355,6 @@ class _Compiler:
                 field=f"{_pre(path)}property",
             )
         keys = tuple(prop.split(".")[1:])
-        self.f.event_columns.add("properties")
         if flt.op in ("contains", "starts_with"):
             kind = "string"
         jkind: sqlext.JsonKind = "present" if kind is None else kind  # type: ignore[assignment]
@@ -382,7 +396,13 @@ class _Compiler:
     def event_rows(
         self, event: str, where: tuple[PropertyFilter, ...], window: Window | None, path: str
     ) -> tuple[Callable[[ir.Table], ir.BooleanValue], str]:
-        """The row test for matching events and a canonical key for deduplication."""
+        """The test "this aggregated row is one of the condition's events" and a
+        canonical key of that set of events (for deduplication).
+
+        The window and property filters are applied once, where the events are
+        scanned (``_event_scan``); every scanned row carries the number of its
+        row set, so an aggregate's filter is an integer comparison.
+        """
         self.f.event_names.add(event)
         tests = [self.property_test(flt, f"{_pre(path)}where.{i}") for i, flt in enumerate(where)]
         wtest = self.window_test(window)
@@ -395,12 +415,17 @@ class _Compiler:
                 cond = cond & t(r)
             return cond
 
-        self.f.event_rows.append(rows)
         bounds = window.bounds(self.at) if window else None
         key = json.dumps(
             [event, [w.model_dump(mode="json") for w in where], str(bounds)], sort_keys=True
         )
-        return rows, key
+        row_set = self.f.event_sets.get(key)
+        if row_set is None:
+            start = bounds[0] if bounds else None
+            row_set = _RowSet(len(self.f.event_sets), event, start, rows)
+            self.f.event_sets[key] = row_set
+        number = row_set.number
+        return lambda r: r[ROW_SET] == number, key
 
     # -- attributes (traits, tags, layers) ----------------------------------------------
 
@@ -441,7 +466,9 @@ class _Compiler:
             source,
             f"{name}\x00{column}",
             lambda r: if_any(
-                r, r[name_col] == name, r[column].argmax(r[order_col], where=r[name_col] == name)
+                r,
+                r[name_col] == name,
+                sqlext.latest_value(r[column], r[order_col], where=r[name_col] == name),
             ),
         )
 
@@ -692,33 +719,86 @@ _HANDLERS: dict[type, Callable[[_Compiler, Any, str], _Compiled]] = {
 # --- assembling the query --------------------------------------------------------------------
 
 
-def _source_rows(source: Source, f: _Features, at: datetime) -> ir.Table:
-    """Resolved rows of ``source``, restricted to what the rule reads, as of ``at``."""
+def _owned_by(table: ir.Table, people: ir.Table) -> ir.Table:
+    """Rows of ``table`` whose stored ``one_id`` may belong to a person in ``people``:
+    the person's own id or an alias merged into it.
+
+    A filter on the stored column, applied before the alias join, so that the
+    join and the aggregation see only those rows; the exact test on the
+    resolved person follows it.
+    """
+    ids = people.select(raw=people["person_id"].cast("string"))
+    merged = _T_ALIASES.filter(_T_ALIASES["one_id"].isin(people["person_id"]))
+    raw = ids.union(merged.select(raw=merged["alias"].cast("string")))
+    return table.filter(table["one_id"].isin(raw["raw"]))
+
+
+def _event_scan(f: _Features, at: datetime) -> ir.Table:
+    """The events the conditions count: one filtered scan per distinct row set.
+
+    Each scan's ``event = '…'`` and ``timestamp`` between its window's start
+    and ``at`` are plain column predicates that the engine applies inside its
+    scan (DuckDB also prunes row groups by their min/max, so a time window
+    reads only the recent part of a table written in arrival order). The
+    window and property tests run there, once per row; other columns are
+    decoded for matching rows only (``products`` only for the rows of a
+    7-day window, not for every order). DuckDB applies ``event IN (a, b)`` to
+    prune row groups but not row by row, hence a ``UNION ALL`` of scans
+    rather than one scan with an ``OR`` of tests. A row in several sets
+    appears once per set, tagged with the set's number (``ROW_SET``).
+    """
+    ev = _T_EVENTS
     at_lit = instant(at)
+    columns = sorted(f.event_columns)
+    scans: list[ir.Table] = []
+    for row_set in f.event_sets.values():
+        preds: list[ir.BooleanValue] = [ev["event"] == row_set.event, ev["timestamp"] <= at_lit]
+        if row_set.start is not None:
+            preds.append(ev["timestamp"] >= instant(row_set.start))
+        preds.append(row_set.test(ev))
+        rows = ev.filter(*preds)
+        scans.append(
+            rows.select(
+                "one_id",
+                *columns,
+                **{ROW_SET: ibis.literal(row_set.number, "int32")},
+            )
+        )
+    out = scans[0]
+    for more in scans[1:]:
+        out = out.union(more)
+    return out
+
+
+def _source_rows(
+    source: Source, f: _Features, at: datetime, people: ir.Table | None = None
+) -> ir.Table:
+    """Resolved rows of ``source``, restricted to what the rule reads, as of ``at``
+    (and to the stored ids of ``people``, when given)."""
+    at_lit = instant(at)
+    raw: ir.Table
+    columns: list[str]
     if source == "events":
-        # A row that passes no condition's test changes no feature: a person with only
-        # such rows is decided like a person without events. Keep the others only.
-        ev_t = _T_EVENTS
-        which = f.event_rows[0](ev_t)
-        for test in f.event_rows[1:]:
-            which = which | test(ev_t)
-        ev = ev_t.filter(ev_t["timestamp"] <= at_lit, which)
-        return _resolved(ev, sorted(f.event_columns))
-    if source == "traits":
-        tr = _T_TRAITS.filter(
+        raw, columns = _event_scan(f, at), [*sorted(f.event_columns), ROW_SET]
+    elif source == "traits":
+        raw = _T_TRAITS.filter(
             _T_TRAITS["timestamp"] <= at_lit, _T_TRAITS["key"].isin(sorted(f.trait_keys))
         )
-        return _resolved(tr, ["key", "value", "number", "timestamp"])
-    if source == "tags":
-        tg = _T_TAGS.filter(_T_TAGS["tag"].isin(sorted(f.tag_names)))
-        return _resolved(tg, ["tag", "value", "number", "computed_at"])
-    if source == "layers":
-        ly = _T_LAYERS.filter(
+        columns = ["key", "value", "number", "timestamp"]
+    elif source == "tags":
+        raw = _T_TAGS.filter(_T_TAGS["tag"].isin(sorted(f.tag_names)))
+        columns = ["tag", "value", "number", "computed_at"]
+    elif source == "layers":
+        raw = _T_LAYERS.filter(
             _T_LAYERS["as_of"] <= at_lit, _T_LAYERS["layer"].isin(sorted(f.layer_names))
         )
-        return _resolved(ly, ["layer", "value", "as_of"])
-    sm = _T_MEMBERS.filter(_T_MEMBERS["segment_id"].isin(sorted({s for s, _ in f.snapshots})))
-    return _resolved(sm, ["segment_id", "snapshot_at"])
+        columns = ["layer", "value", "as_of"]
+    else:
+        raw = _T_MEMBERS.filter(_T_MEMBERS["segment_id"].isin(sorted({s for s, _ in f.snapshots})))
+        columns = ["segment_id", "snapshot_at"]
+    if people is not None:
+        raw = _owned_by(raw, people)
+    return _resolved(raw, columns)
 
 
 def _everyone(at: datetime) -> ir.Table:
@@ -787,7 +867,7 @@ def compile_rule(rule: Rule, at: datetime, catalog: Catalog | None = None) -> Co
     for source in sources:
         if source in tables:
             continue
-        rows = _source_rows(source, c.f, at_utc)
+        rows = _source_rows(source, c.f, at_utc, keep)
         if keep is not None:
             rows = rows.filter(rows["person_id"].isin(keep["person_id"]))
         tables[source] = features(source, rows)

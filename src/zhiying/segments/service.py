@@ -320,7 +320,11 @@ def traits_as_of(warehouse: Warehouse, ids: list[str], at: datetime) -> dict[str
         return {}
     tr = ibis.table(ibis.Schema.from_pyarrow(TRAIT_UPDATES), name="trait_updates")
     aliases = ibis.table({"alias": "string", "one_id": "string"}, name="one_id_aliases")
-    j = tr.filter(tr["timestamp"] <= instant(at)).left_join(aliases, [("one_id", "alias")])
+    # Rows stored under the people's own ids or under ids merged into them, found
+    # before the alias join (which then sees a few rows, not the whole table).
+    merged = aliases.filter(aliases["one_id"].isin(ids))["alias"]
+    own = tr["one_id"].isin(ids) | tr["one_id"].isin(merged)
+    j = tr.filter(tr["timestamp"] <= instant(at), own).left_join(aliases, [("one_id", "alias")])
     rows = j.select(
         person_id=ibis.coalesce(j["one_id_right"], j["one_id"]),
         key=j["key"],

@@ -1,18 +1,18 @@
-WITH "t9" AS (
+WITH "t12" AS (
   SELECT
-    "t6"."person_id" AS "person_id",
+    "t10"."person_id" AS "person_id",
     CASE
-      WHEN countIf("t6"."key" = 'city') > 0
-      THEN argMaxIf(tuple("t6"."value"), "t6"."timestamp", "t6"."key" = 'city').1
+      WHEN countIf("t10"."key" = 'city') > 0
+      THEN argMaxIf(tuple("t10"."value"), "t10"."timestamp", "t10"."key" = 'city').1
       ELSE CAST(NULL AS Nullable(String))
     END AS "t0"
   FROM (
     SELECT
-      COALESCE("t3"."one_id", "t5"."one_id") AS "person_id",
-      "t5"."key" AS "key",
-      "t5"."value" AS "value",
-      "t5"."number" AS "number",
-      "t5"."timestamp" AS "timestamp"
+      COALESCE("t3"."one_id", "t7"."one_id") AS "person_id",
+      "t7"."key" AS "key",
+      "t7"."value" AS "value",
+      "t7"."number" AS "number",
+      "t7"."timestamp" AS "timestamp"
     FROM (
       SELECT
         *
@@ -20,102 +20,102 @@ WITH "t9" AS (
       WHERE
         "t0"."timestamp" <= toDateTime64('2026-11-01 09:00:00.000000', 6, 'UTC')
         AND "t0"."key" IN ('city')
-    ) AS "t5"
+    ) AS "t7"
     LEFT OUTER JOIN "one_id_aliases" AS "t3"
-      ON "t5"."one_id" = "t3"."alias"
-  ) AS "t6"
+      ON "t7"."one_id" = "t3"."alias"
+  ) AS "t10"
   GROUP BY
-    "t6"."person_id"
+    "t10"."person_id"
+), "t15" AS (
+  SELECT
+    "t13"."person_id" AS "person_id"
+  FROM "t12" AS "t13"
+  WHERE
+    COALESCE("t13"."t0" = 'Beijing', FALSE)
 )
 SELECT
-  "t19"."person_id" AS "one_id"
+  "t30"."person_id" AS "one_id"
 FROM (
   SELECT
-    "t14"."person_id" AS "person_id",
-    "t14"."t0" AS "t0",
-    "t18"."e1" AS "e1",
-    "t18"."e2" AS "e2",
-    "t18"."e3" AS "e3"
+    "t17"."person_id" AS "person_id",
+    "t17"."t0" AS "t0",
+    "t29"."e1" AS "e1",
+    "t29"."e2" AS "e2",
+    "t29"."e3" AS "e3"
   FROM (
     SELECT
       *
-    FROM "t9" AS "t11"
+    FROM "t12" AS "t13"
     WHERE
-      COALESCE("t11"."t0" = 'Beijing', FALSE)
-  ) AS "t14"
+      COALESCE("t13"."t0" = 'Beijing', FALSE)
+  ) AS "t17"
   LEFT OUTER JOIN (
     SELECT
-      "t16"."person_id" AS "k_events",
-      "t16"."e1" AS "e1",
-      "t16"."e2" AS "e2",
-      "t16"."e3" AS "e3"
+      "t27"."person_id" AS "k_events",
+      "t27"."e1" AS "e1",
+      "t27"."e2" AS "e2",
+      "t27"."e3" AS "e3"
     FROM (
       SELECT
-        "t15"."person_id" AS "person_id",
-        countIf(
-          (
-            "t15"."event" = 'Application Opened'
-          )
-          AND (
-            "t15"."timestamp" >= toDateTime64('2026-08-03 09:00:00.000000', 6, 'UTC')
-          )
-        ) AS "e1",
-        countIf("t15"."event" = 'Order Completed') AS "e2",
-        countIf(
-          (
-            "t15"."event" = 'Order Completed'
-          )
-          AND (
-            "t15"."timestamp" >= toDateTime64('2026-10-25 09:00:00.000000', 6, 'UTC')
-          )
-          AND COALESCE(
-            arrayReduce(
-              'max',
-              arrayFilter(
-                "x" -> "x" IS NOT NULL,
-                arrayMap(
-                  __ibis_param_p__ -> COALESCE(CAST(__ibis_param_p__.4 AS Nullable(String)) = 'Shiseido', FALSE),
-                  "t15"."products"
-                )
-              )
-            ),
-            FALSE
-          )
-        ) AS "e3"
+        "t26"."person_id" AS "person_id",
+        countIf("t26"."row_set" = 0) AS "e1",
+        countIf("t26"."row_set" = 1) AS "e2",
+        countIf("t26"."row_set" = 2) AS "e3"
       FROM (
         SELECT
           *
         FROM (
           SELECT
-            COALESCE("t3"."one_id", "t8"."one_id") AS "person_id",
-            "t8"."event" AS "event",
-            "t8"."products" AS "products",
-            "t8"."timestamp" AS "timestamp"
+            COALESCE("t3"."one_id", "t24"."one_id") AS "person_id",
+            "t24"."timestamp" AS "timestamp",
+            "t24"."row_set" AS "row_set"
           FROM (
             SELECT
               *
-            FROM "events" AS "t2"
-            WHERE
-              "t2"."timestamp" <= toDateTime64('2026-11-01 09:00:00.000000', 6, 'UTC')
-              AND (
-                (
-                  (
+            FROM (
+              SELECT
+                *
+              FROM (
+                SELECT
+                  *
+                FROM (
+                  SELECT
+                    "t2"."one_id" AS "one_id",
+                    "t2"."timestamp" AS "timestamp",
+                    0 AS "row_set"
+                  FROM "events" AS "t2"
+                  WHERE
                     "t2"."event" = 'Application Opened'
-                  )
-                  AND (
-                    "t2"."timestamp" >= toDateTime64('2026-08-03 09:00:00.000000', 6, 'UTC')
-                  )
-                )
-                OR (
-                  "t2"."event" = 'Order Completed'
-                )
-                OR (
-                  (
+                    AND "t2"."timestamp" <= toDateTime64('2026-11-01 09:00:00.000000', 6, 'UTC')
+                    AND "t2"."timestamp" >= toDateTime64('2026-08-03 09:00:00.000000', 6, 'UTC')
+                ) AS "t6"
+                UNION ALL
+                SELECT
+                  *
+                FROM (
+                  SELECT
+                    "t2"."one_id" AS "one_id",
+                    "t2"."timestamp" AS "timestamp",
+                    1 AS "row_set"
+                  FROM "events" AS "t2"
+                  WHERE
                     "t2"."event" = 'Order Completed'
-                  )
-                  AND (
-                    "t2"."timestamp" >= toDateTime64('2026-10-25 09:00:00.000000', 6, 'UTC')
-                  )
+                    AND "t2"."timestamp" <= toDateTime64('2026-11-01 09:00:00.000000', 6, 'UTC')
+                ) AS "t5"
+              ) AS "t8"
+              UNION ALL
+              SELECT
+                *
+              FROM (
+                SELECT
+                  "t2"."one_id" AS "one_id",
+                  "t2"."timestamp" AS "timestamp",
+                  2 AS "row_set"
+                FROM "events" AS "t2"
+                WHERE
+                  "t2"."event" = 'Order Completed'
+                  AND "t2"."timestamp" <= toDateTime64('2026-11-01 09:00:00.000000', 6, 'UTC')
+                  AND "t2"."timestamp" >= toDateTime64('2026-10-25 09:00:00.000000', 6, 'UTC')
                   AND COALESCE(
                     arrayReduce(
                       'max',
@@ -129,29 +129,61 @@ FROM (
                     ),
                     FALSE
                   )
-                )
-              )
-          ) AS "t8"
-          LEFT OUTER JOIN "one_id_aliases" AS "t3"
-            ON "t8"."one_id" = "t3"."alias"
-        ) AS "t10"
-        WHERE
-          CAST("t10"."person_id" IN (
-            SELECT
-              "t11"."person_id" AS "person_id"
-            FROM "t9" AS "t11"
+              ) AS "t9"
+            ) AS "t11"
             WHERE
-              COALESCE("t11"."t0" = 'Beijing', FALSE)
+              CAST("t11"."one_id" IN (
+                SELECT
+                  *
+                FROM (
+                  SELECT
+                    *
+                  FROM (
+                    SELECT
+                      "t13"."person_id" AS "raw"
+                    FROM "t12" AS "t13"
+                    WHERE
+                      COALESCE("t13"."t0" = 'Beijing', FALSE)
+                  ) AS "t16"
+                  UNION ALL
+                  SELECT
+                    *
+                  FROM (
+                    SELECT
+                      CAST("t19"."alias" AS Nullable(String)) AS "raw"
+                    FROM (
+                      SELECT
+                        *
+                      FROM "one_id_aliases" AS "t1"
+                      WHERE
+                        CAST("t1"."one_id" IN (
+                          SELECT
+                            *
+                          FROM "t15"
+                        ) AS Nullable(Bool))
+                    ) AS "t19"
+                  ) AS "t20"
+                ) AS "t21"
+              ) AS Nullable(Bool))
+          ) AS "t24"
+          LEFT OUTER JOIN "one_id_aliases" AS "t3"
+            ON "t24"."one_id" = "t3"."alias"
+        ) AS "t25"
+        WHERE
+          CAST("t25"."person_id" IN (
+            SELECT
+              *
+            FROM "t15"
           ) AS Nullable(Bool))
-      ) AS "t15"
+      ) AS "t26"
       GROUP BY
-        "t15"."person_id"
-    ) AS "t16"
-  ) AS "t18"
-    ON "t14"."person_id" = "t18"."k_events"
-) AS "t19"
+        "t26"."person_id"
+    ) AS "t27"
+  ) AS "t29"
+    ON "t17"."person_id" = "t29"."k_events"
+) AS "t30"
 WHERE
-  COALESCE("t19"."t0" = 'Beijing', FALSE)
-  AND COALESCE(COALESCE("t19"."e1", 0) >= 3.0, FALSE)
-  AND COALESCE(COALESCE("t19"."e2", 0) >= 1.0, FALSE)
-  AND COALESCE("t19"."e3", 0) = 0
+  COALESCE("t30"."t0" = 'Beijing', FALSE)
+  AND COALESCE(COALESCE("t30"."e1", 0) >= 3.0, FALSE)
+  AND COALESCE(COALESCE("t30"."e2", 0) >= 1.0, FALSE)
+  AND COALESCE("t30"."e3", 0) = 0

@@ -1,20 +1,20 @@
-WITH "t9" AS (
+WITH "t12" AS (
   SELECT
-    "t6"."person_id",
+    "t10"."person_id",
     CASE
       WHEN COUNT(*) FILTER(WHERE
-        "t6"."key" = 'city') > 0
-      THEN FIRST("t6"."value" ORDER BY "t6"."timestamp" DESC) FILTER(WHERE
-        "t6"."key" = 'city')
+        "t10"."key" = 'city') > 0
+      THEN ARG_MAX_NULL("t10"."value", "t10"."timestamp") FILTER(WHERE
+        "t10"."key" = 'city')
       ELSE CAST(NULL AS TEXT)
     END AS "t0"
   FROM (
     SELECT
-      COALESCE("t3"."one_id", "t5"."one_id") AS "person_id",
-      "t5"."key",
-      "t5"."value",
-      "t5"."number",
-      "t5"."timestamp"
+      COALESCE("t3"."one_id", "t7"."one_id") AS "person_id",
+      "t7"."key",
+      "t7"."value",
+      "t7"."number",
+      "t7"."timestamp"
     FROM (
       SELECT
         *
@@ -22,99 +22,105 @@ WITH "t9" AS (
       WHERE
         "t0"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
         AND "t0"."key" IN ('city')
-    ) AS "t5"
+    ) AS "t7"
     LEFT OUTER JOIN "one_id_aliases" AS "t3"
-      ON "t5"."one_id" = "t3"."alias"
-  ) AS "t6"
+      ON "t7"."one_id" = "t3"."alias"
+  ) AS "t10"
   GROUP BY
     1
+), "t15" AS (
+  SELECT
+    "t13"."person_id"
+  FROM "t12" AS "t13"
+  WHERE
+    COALESCE("t13"."t0" = 'Beijing', FALSE)
 )
 SELECT
-  "t19"."person_id" AS "one_id"
+  "t30"."person_id" AS "one_id"
 FROM (
   SELECT
-    "t14"."person_id",
-    "t14"."t0",
-    "t18"."e1",
-    "t18"."e2",
-    "t18"."e3"
+    "t17"."person_id",
+    "t17"."t0",
+    "t29"."e1",
+    "t29"."e2",
+    "t29"."e3"
   FROM (
     SELECT
       *
-    FROM "t9" AS "t11"
+    FROM "t12" AS "t13"
     WHERE
-      COALESCE("t11"."t0" = 'Beijing', FALSE)
-  ) AS "t14"
+      COALESCE("t13"."t0" = 'Beijing', FALSE)
+  ) AS "t17"
   LEFT OUTER JOIN (
     SELECT
-      "t16"."person_id" AS "k_events",
-      "t16"."e1",
-      "t16"."e2",
-      "t16"."e3"
+      "t27"."person_id" AS "k_events",
+      "t27"."e1",
+      "t27"."e2",
+      "t27"."e3"
     FROM (
       SELECT
-        "t15"."person_id",
+        "t26"."person_id",
         COUNT(*) FILTER(WHERE
-          (
-            "t15"."event" = 'Application Opened'
-          )
-          AND (
-            "t15"."timestamp" >= CAST('2026-08-03 09:00:00.000000' AS TIMESTAMP)
-          )) AS "e1",
+          "t26"."row_set" = 0) AS "e1",
         COUNT(*) FILTER(WHERE
-          "t15"."event" = 'Order Completed') AS "e2",
+          "t26"."row_set" = 1) AS "e2",
         COUNT(*) FILTER(WHERE
-          (
-            "t15"."event" = 'Order Completed'
-          )
-          AND (
-            "t15"."timestamp" >= CAST('2026-10-25 09:00:00.000000' AS TIMESTAMP)
-          )
-          AND COALESCE(
-            LIST_BOOL_OR(
-              LIST_APPLY(
-                "t15"."products",
-                LAMBDA __ibis_param_p__ : COALESCE((
-                  __ibis_param_p__
-                )."brand" = 'Shiseido', FALSE)
-              )
-            ),
-            FALSE
-          )) AS "e3"
+          "t26"."row_set" = 2) AS "e3"
       FROM (
         SELECT
           *
         FROM (
           SELECT
-            COALESCE("t3"."one_id", "t8"."one_id") AS "person_id",
-            "t8"."event",
-            "t8"."products",
-            "t8"."timestamp"
+            COALESCE("t3"."one_id", "t24"."one_id") AS "person_id",
+            "t24"."timestamp",
+            "t24"."row_set"
           FROM (
             SELECT
               *
-            FROM "events" AS "t2"
-            WHERE
-              "t2"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
-              AND (
-                (
-                  (
+            FROM (
+              SELECT
+                *
+              FROM (
+                SELECT
+                  *
+                FROM (
+                  SELECT
+                    "t2"."one_id",
+                    "t2"."timestamp",
+                    0 AS "row_set"
+                  FROM "events" AS "t2"
+                  WHERE
                     "t2"."event" = 'Application Opened'
-                  )
-                  AND (
-                    "t2"."timestamp" >= CAST('2026-08-03 09:00:00.000000' AS TIMESTAMP)
-                  )
-                )
-                OR (
-                  "t2"."event" = 'Order Completed'
-                )
-                OR (
-                  (
+                    AND "t2"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
+                    AND "t2"."timestamp" >= CAST('2026-08-03 09:00:00.000000' AS TIMESTAMP)
+                ) AS "t6"
+                UNION ALL
+                SELECT
+                  *
+                FROM (
+                  SELECT
+                    "t2"."one_id",
+                    "t2"."timestamp",
+                    1 AS "row_set"
+                  FROM "events" AS "t2"
+                  WHERE
                     "t2"."event" = 'Order Completed'
-                  )
-                  AND (
-                    "t2"."timestamp" >= CAST('2026-10-25 09:00:00.000000' AS TIMESTAMP)
-                  )
+                    AND "t2"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
+                ) AS "t5"
+              ) AS "t8"
+              UNION ALL
+              SELECT
+                *
+              FROM (
+                SELECT
+                  "t2"."one_id",
+                  "t2"."timestamp",
+                  2 AS "row_set"
+                FROM "events" AS "t2"
+                WHERE
+                  "t2"."event" = 'Order Completed'
+                  AND "t2"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
+                  AND "t2"."timestamp" >= CAST('2026-10-25 09:00:00.000000' AS TIMESTAMP)
                   AND COALESCE(
                     LIST_BOOL_OR(
                       LIST_APPLY(
@@ -126,29 +132,61 @@ FROM (
                     ),
                     FALSE
                   )
-                )
-              )
-          ) AS "t8"
-          LEFT OUTER JOIN "one_id_aliases" AS "t3"
-            ON "t8"."one_id" = "t3"."alias"
-        ) AS "t10"
-        WHERE
-          "t10"."person_id" IN (
-            SELECT
-              "t11"."person_id"
-            FROM "t9" AS "t11"
+              ) AS "t9"
+            ) AS "t11"
             WHERE
-              COALESCE("t11"."t0" = 'Beijing', FALSE)
+              "t11"."one_id" IN (
+                SELECT
+                  *
+                FROM (
+                  SELECT
+                    *
+                  FROM (
+                    SELECT
+                      "t13"."person_id" AS "raw"
+                    FROM "t12" AS "t13"
+                    WHERE
+                      COALESCE("t13"."t0" = 'Beijing', FALSE)
+                  ) AS "t16"
+                  UNION ALL
+                  SELECT
+                    *
+                  FROM (
+                    SELECT
+                      CAST("t19"."alias" AS TEXT) AS "raw"
+                    FROM (
+                      SELECT
+                        *
+                      FROM "one_id_aliases" AS "t1"
+                      WHERE
+                        "t1"."one_id" IN (
+                          SELECT
+                            *
+                          FROM "t15"
+                        )
+                    ) AS "t19"
+                  ) AS "t20"
+                ) AS "t21"
+              )
+          ) AS "t24"
+          LEFT OUTER JOIN "one_id_aliases" AS "t3"
+            ON "t24"."one_id" = "t3"."alias"
+        ) AS "t25"
+        WHERE
+          "t25"."person_id" IN (
+            SELECT
+              *
+            FROM "t15"
           )
-      ) AS "t15"
+      ) AS "t26"
       GROUP BY
         1
-    ) AS "t16"
-  ) AS "t18"
-    ON "t14"."person_id" = "t18"."k_events"
-) AS "t19"
+    ) AS "t27"
+  ) AS "t29"
+    ON "t17"."person_id" = "t29"."k_events"
+) AS "t30"
 WHERE
-  COALESCE("t19"."t0" = 'Beijing', FALSE)
-  AND COALESCE(COALESCE("t19"."e1", 0) >= 3.0, FALSE)
-  AND COALESCE(COALESCE("t19"."e2", 0) >= 1.0, FALSE)
-  AND COALESCE("t19"."e3", 0) = 0
+  COALESCE("t30"."t0" = 'Beijing', FALSE)
+  AND COALESCE(COALESCE("t30"."e1", 0) >= 3.0, FALSE)
+  AND COALESCE(COALESCE("t30"."e2", 0) >= 1.0, FALSE)
+  AND COALESCE("t30"."e3", 0) = 0
