@@ -99,6 +99,11 @@ def test_cli_defines_refreshes_and_lists_tags(cli_env: Path) -> None:
     assert "refreshed 1 tags" in refreshed.output and "1 values" in refreshed.output
     listed = runner.invoke(cli, ["tags", "list"])
     assert "orders_90d" in listed.output and "2026-11-01" in listed.output
+    again = runner.invoke(cli, ["tags", "refresh", "--as-of", "2026-11-02"])
+    assert again.exit_code == 0, again.output
+    folded = runner.invoke(cli, ["tags", "fold-history"])
+    assert folded.exit_code == 0, folded.output
+    assert "folded 1 history segments" in folded.output
 
 
 def test_cli_prints_a_migration_matrix(cli_env: Path) -> None:

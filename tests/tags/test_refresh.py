@@ -244,3 +244,47 @@ def test_definitions_runs_and_layer_rules_persist_on_every_operational_store(
     layers.set_rules(ops_stores, LifecycleRules(new_days=2))
     run = layers.compute_layers(ops_stores, layers=["lifecycle"])[0]
     assert run.counts["new"] == 1 and layers.computed_dates(ops_stores, "lifecycle") == [NOW]
+
+
+def test_distinct_counts_apply_the_window_and_give_zero_without_events(
+    wh_stores: Stores,
+) -> None:
+    insert_events(
+        wh_stores.warehouse,
+        [
+            event("u1", ago(5), channel="app", products=[("books", 1), ("toys", 2)]),
+            event("u1", ago(4), channel="app", products=[("books", 1)]),
+            event("u1", ago(3), "Product Viewed", channel="web"),
+            event("u1", ago(100), channel="store", products=[("garden", 1)]),  # outside
+            event("u1", ago(2), channel=None),  # no channel: not counted
+            event("u2", ago(200), channel="web"),  # only outside the window
+        ],
+    )
+    service.define_tags(
+        wh_stores,
+        [
+            DynamicTag(
+                name="channels_30d", window_days=30, aggregate="distinct_count", of="channel"
+            ),
+            DynamicTag(
+                name="order_channels",
+                where=ORDERS,
+                window_days=30,
+                aggregate="distinct_count",
+                of="channel",
+            ),
+            DynamicTag(
+                name="categories_30d",
+                window_days=30,
+                aggregate="distinct_count",
+                of="products.category",
+            ),
+        ],
+    )
+    service.refresh(wh_stores)
+    got = values(wh_stores)
+    assert got[("u1", "channels_30d")] == (None, 2.0)  # app, web
+    assert got[("u1", "order_channels")] == (None, 1.0)  # app
+    assert got[("u1", "categories_30d")] == (None, 2.0)  # books, toys
+    assert got[("u2", "channels_30d")] == (None, 0.0)
+    assert got[("u2", "categories_30d")] == (None, 0.0)

@@ -117,6 +117,14 @@ def refresh(
     )
 
 
+@tags_app.command("fold-history")
+def fold_history() -> None:
+    """Copy the values earlier refreshes replaced (DuckDB segments) into tag_history."""
+    with stores_for_cli() as stores:
+        folded = tags_service.fold_history(stores)
+    console.print(f"folded {folded} history segments into tag_history")
+
+
 # --- layers ---------------------------------------------------------------------
 
 

@@ -89,7 +89,9 @@ TRAIT_UPDATES = pa.schema(
     ]
 )
 
-# Current value of every computed tag (replaced per tag at each refresh).
+# Current value of every computed tag (replaced per tag at each refresh). The
+# history of dynamic tags (``tag_history``) has the same columns and sorting
+# key, so ClickHouse can move replaced values into it by attaching parts.
 TAG_VALUES = pa.schema(
     [
         pa.field("one_id", pa.string(), nullable=False),
@@ -125,7 +127,7 @@ TABLES: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
     "one_id_aliases": (ONE_ID_ALIASES, ("alias",)),
     "trait_updates": (TRAIT_UPDATES, ("one_id", "key", "timestamp")),
     "tag_values": (TAG_VALUES, ("tag", "one_id")),
-    "tag_history": (TAG_VALUES, ("tag", "one_id", "computed_at")),
+    "tag_history": (TAG_VALUES, ("tag", "one_id")),
     "layer_values": (LAYER_VALUES, ("layer", "as_of", "one_id")),
     "segment_members": (SEGMENT_MEMBERS, ("segment_id", "snapshot_at", "one_id")),
 }

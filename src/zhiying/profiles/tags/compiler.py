@@ -5,8 +5,8 @@ computed_at`` (``computed_at`` = the as-of instant). It is one statement:
 
 * events are grouped by person once, with one filtered aggregate per scalar
   tag (``count``, ``sum``, ``days_since_last``, ...) — the "one warehouse
-  pass" of a refresh; ``top`` tags and distinct counts over product fields add
-  one grouped sub-query each, joined to it;
+  pass" of a refresh; ``top`` tags and distinct counts (on ClickHouse: those
+  over product fields only) add one grouped sub-query each, joined to it;
 * trait-based tags read the latest update of each trait per person once;
 * the per-person wide rows are unpivoted with an array of structs that is
   unnested (``UNNEST`` on DuckDB, ``arrayJoin`` on ClickHouse).
@@ -153,10 +153,18 @@ def _is_product_path(of: str | None) -> bool:
     return of is not None and of.startswith("products.")
 
 
-def _needs_subquery(tag: DynamicTag) -> bool:
-    return tag.aggregate == "top" or (
-        tag.aggregate == "distinct_count" and _is_product_path(tag.of)
-    )
+def _needs_subquery(tag: DynamicTag, dialect: Dialect) -> bool:
+    """``top`` tags and distinct counts of product fields get a grouped sub-query.
+
+    On DuckDB every distinct count does: a ``COUNT(DISTINCT ...)`` inside the
+    main aggregate makes DuckDB materialise the whole event input (products
+    lists included) to run the distinct part separately, while a sub-query
+    over ``(person, value)`` reads two columns. ClickHouse's ``uniqExact``
+    stays in the main aggregate.
+    """
+    if tag.aggregate == "top":
+        return True
+    return tag.aggregate == "distinct_count" and (dialect == "duckdb" or _is_product_path(tag.of))
 
 
 def _scalar_metrics(t: ir.Table, tag: DynamicTag, ctx: _Context, col: str) -> dict[str, ir.Value]:
@@ -197,7 +205,7 @@ def _product_values(t: ir.Table, tag: DynamicTag, ctx: _Context) -> ir.Table:
 
 
 def _subquery(t: ir.Table, tag: DynamicTag, ctx: _Context, col: str) -> ir.Table:
-    """``(person, <col>)`` for a ``top`` tag or a distinct count over product fields."""
+    """``(person, <col>)`` for a ``top`` tag or a distinct count."""
     if _is_product_path(tag.of):
         rows = _product_values(t, tag, ctx)
     else:
@@ -232,7 +240,7 @@ def _event_wide(
             assert tag.where is not None and tag.column is not None
             p = selector_predicate(t, tag.where) & t[tag.column].notnull()
             metrics[col] = _nullable(t[tag.column], p).argmax(t.timestamp, where=p)
-        elif _needs_subquery(tag):
+        elif _needs_subquery(tag, ctx.dialect):
             subqueries.append((col, _subquery(t, tag, ctx, col)))
         else:
             metrics.update(_scalar_metrics(t, tag, ctx, col))
@@ -250,7 +258,7 @@ def _event_wide(
                 outs[tag.name] = _text_out(wide[col])
         elif tag.aggregate == "top":
             outs[tag.name] = _text_out(wide[col])
-        elif tag.aggregate == "distinct_count" and _is_product_path(tag.of):
+        elif tag.aggregate == "distinct_count" and _needs_subquery(tag, ctx.dialect):
             outs[tag.name] = _numeric_out(wide[col].fill_null(0), tag.bands)
         else:
             outs[tag.name] = _scalar_out(wide, tag, ctx, col)

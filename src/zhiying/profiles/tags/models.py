@@ -11,8 +11,8 @@ Three kinds, as marketers know them (标签):
   ``bands`` turn a number into a label.
 * **dynamic** (动态标签) — computed from events with a filter and a time
   window: orders in the last 90 days, coupons used in the last 3 months, days
-  since the last visit, favourite category, average order value. Every refresh
-  appends its values to ``tag_history``.
+  since the last visit, favourite category, average order value. The values
+  a refresh replaces are kept as the tag's history (see ``storage``).
 
 Values land in the warehouse table ``tag_values`` (one row per user and tag):
 ``value`` holds a label (categorical tags and banded numeric tags) and

@@ -3,15 +3,16 @@
 A refresh computes every requested tag for every person in one warehouse
 statement (see ``compiler``), as of one instant, then:
 
-1. replaces the tags' rows in ``tag_values`` (delete, then insert-select);
-2. appends the dynamic tags' new rows to ``tag_history`` (a refresh repeated
-   for the same instant replaces its own history rows, so retries do not
-   double it);
-3. records the run in ``tag_refresh_runs`` and the instant in
+1. stores its rows as the current values (``storage.write_refresh``: every
+   row is written once; the values they replace become the dynamic tags'
+   history — a swap of ``tag_values`` when every defined tag is refreshed,
+   an in-place replacement otherwise; a refresh repeated for the same
+   instant replaces that instant's rows, so retries do not double history);
+2. records the run in ``tag_refresh_runs`` and the instant in
    ``tag_definitions.last_as_of``.
 
-The warehouse offers no multi-statement transaction across engines, so a
-reader may briefly see a tag without rows between steps 1's delete and insert.
+The scheduler's idle ticks fold DuckDB history segments into
+``tag_history`` (``storage.fold_history``).
 """
 
 from __future__ import annotations
@@ -28,22 +29,19 @@ import sqlalchemy as sa
 from pydantic import TypeAdapter
 
 from zhiying.errors import NotFound, ValidationFailed
-from zhiying.profiles.tags.compiler import LONG_COLUMNS, compile_tags
+from zhiying.profiles.tags import storage
+from zhiying.profiles.tags.compiler import compile_tags
 from zhiying.profiles.tags.models import DynamicTag, TagDefinition
 from zhiying.profiles.tags.schedule import is_due
 from zhiying.profiles.tags.sources import has_aliases, table
 from zhiying.runtime import Stores
 from zhiying.store.tables import tag_definitions, tag_refresh_runs
-from zhiying.warehouse import Warehouse
-from zhiying.warehouse.events import string_literal, timestamp_literal
-from zhiying.warehouse.schema import TAG_VALUES
 
 Trigger = Literal["cli", "api", "schedule"]
 Progress = Callable[[str, int, int], None]
 """``progress(step, done, total)``: called as a refresh moves through its steps."""
 
 _ADAPTER: TypeAdapter[TagDefinition] = TypeAdapter(TagDefinition)
-_EMPTY = TAG_VALUES.empty_table()
 
 
 @dataclass(frozen=True)
@@ -135,19 +133,13 @@ def get_tag(stores: Stores, name: str) -> TagRecord:
 
 def delete_tag(stores: Stores, name: str) -> None:
     """Remove a definition and its current values (its history stays, for audits)."""
-    get_tag(stores, name)
-    stores.warehouse.execute(
-        f"DELETE FROM tag_values WHERE tag = {string_literal(stores.warehouse, name)}"
-    )
+    record = get_tag(stores, name)
+    storage.retire_values(stores.warehouse, name, dynamic=isinstance(record.definition, DynamicTag))
     with stores.engine.begin() as conn:
         conn.execute(tag_definitions.delete().where(tag_definitions.c.name == name))
 
 
 # --- refresh --------------------------------------------------------------------
-
-
-def _in_list(wh: Warehouse, names: Sequence[str]) -> str:
-    return "(" + ", ".join(string_literal(wh, n) for n in names) + ")"
 
 
 def refresh(
@@ -164,6 +156,7 @@ def refresh(
     """
     report = progress or (lambda _step, _done, _total: None)
     records = list_tags(stores)
+    every_tag = {r.definition.name for r in records}
     if names is not None:
         known = {r.definition.name for r in records}
         missing = sorted(set(names) - known)
@@ -191,27 +184,20 @@ def refresh(
     total = 3
     wh = stores.warehouse
     try:
-        report(f"computing {len(defs)} tags in one pass", 0, total)
+        report(f"computing {len(defs)} tags in one pass and storing them", 0, total)
         merged = has_aliases(wh.query)
         select = str(
             ibis.to_sql(compile_tags(defs, at, wh.dialect, aliases=merged), dialect=wh.dialect)
         )
-        wh.execute(f"DELETE FROM tag_values WHERE tag IN {_in_list(wh, tag_names)}")
-        rows = wh.insert_select("tag_values", _EMPTY, select)
-        report("writing history", 1, total)
-        history_rows = 0
-        if dynamic:
-            stamp = timestamp_literal(wh, at)
-            wh.execute(
-                f"DELETE FROM tag_history WHERE tag IN {_in_list(wh, dynamic)} "
-                f"AND computed_at = {stamp}"
-            )
-            cols = ", ".join(LONG_COLUMNS)
-            history_rows = wh.insert_select(
-                "tag_history",
-                _EMPTY,
-                f"SELECT {cols} FROM tag_values WHERE tag IN {_in_list(wh, dynamic)}",
-            )
+        written = storage.write_refresh(
+            wh,
+            select,
+            names=tag_names,
+            dynamic=dynamic,
+            at=at,
+            run_id=run_id,
+            swap=set(tag_names) == every_tag,
+        )
         report("recording the run", 2, total)
     except Exception as exc:
         with stores.engine.begin() as conn:
@@ -225,7 +211,7 @@ def refresh(
         conn.execute(
             tag_refresh_runs.update()
             .where(tag_refresh_runs.c.run_id == run_id)
-            .values(status="succeeded", rows=rows, finished_at=stores.clock.now())
+            .values(status="succeeded", rows=written.rows, finished_at=stores.clock.now())
         )
         conn.execute(
             tag_definitions.update()
@@ -234,8 +220,17 @@ def refresh(
         )
     report("done", total, total)
     return RefreshResult(
-        run_id=run_id, as_of=at, tags=tag_names, rows=rows, history_rows=history_rows
+        run_id=run_id,
+        as_of=at,
+        tags=tag_names,
+        rows=written.rows,
+        history_rows=written.history_rows,
     )
+
+
+def fold_history(stores: Stores) -> int:
+    """Fold every DuckDB history segment into ``tag_history``; returns how many were folded."""
+    return storage.fold_history(stores.warehouse)
 
 
 def due_tags(stores: Stores, now: datetime | None = None) -> list[str]:
@@ -249,12 +244,15 @@ def due_tags(stores: Stores, now: datetime | None = None) -> list[str]:
 
 
 def refresh_due(stores: Stores, progress: Progress | None = None) -> RefreshResult | None:
-    """The scheduler's tick: refresh every due tag together (one pass), or do nothing.
+    """The scheduler's tick: refresh every due tag together (one pass).
 
-    Meant to be called by the worker loop every minute or so.
+    Meant to be called by the worker loop every minute or so. A tick with
+    nothing due folds the oldest history segment into ``tag_history``
+    instead (DuckDB; see ``storage``), so that copy stays off refreshes.
     """
     names = due_tags(stores)
     if not names:
+        storage.fold_history(stores.warehouse, limit=1)
         return None
     return refresh(stores, names=names, trigger="schedule", progress=progress)
 
@@ -329,15 +327,10 @@ def tags_for(stores: Stores, one_ids: list[str]) -> dict[str, dict[str, Any]]:
 
 def history(stores: Stores, name: str, one_id: str) -> list[HistoryPoint]:
     """Values a dynamic tag had for one person at each refresh, oldest first."""
-    get_tag(stores, name)
-    hist = table("tag_history")
-    expr = (
-        hist.filter(hist.tag == name, hist.one_id == one_id)
-        .select("computed_at", "value", "number")
-        .order_by("computed_at")
-    )
-    result = stores.warehouse.query(str(ibis.to_sql(expr, dialect=stores.warehouse.dialect)))
-    return [_history_point(row) for row in _rows(result)]
+    record = get_tag(stores, name)
+    dynamic = isinstance(record.definition, DynamicTag)
+    sql = storage.history_sql(stores.warehouse, name, one_id, dynamic=dynamic)
+    return [_history_point(row) for row in _rows(stores.warehouse.query(sql))]
 
 
 def _rows(result: pa.Table) -> list[dict[str, Any]]:
