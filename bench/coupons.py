@@ -29,7 +29,8 @@ import sqlalchemy as sa
 
 from zhiying.clock import ManualClock
 from zhiying.config import Settings
-from zhiying.coupons import service as svc
+from zhiying.coupons import batches, redemption, templates
+from zhiying.coupons.codes import new_codes
 from zhiying.coupons.models import Candidate, Cart, CartLine, TemplateSpec
 from zhiying.coupons.pricing import price_combination, quote
 from zhiying.runtime import Stores, open_stores
@@ -131,9 +132,9 @@ def bench_redeem(tmp: Path, url: str | None, label: str, n: int = 4000, clients:
     stores = _stores(tmp, url)
     engine = make_engine(stores.settings.resolved_database_url(), pool_size=clients, max_overflow=0)
     try:
-        t = svc.create_template(stores.engine, _spec(FIXED), NOW).template_id
+        t = templates.create_template(stores.engine, _spec(FIXED), NOW).template_id
         people = [f"u{i}" for i in range(n)]
-        svc.issue_batch(stores.engine, None, t, people, NOW, batch_key="bench")
+        batches.issue_batch(stores.engine, None, t, people, NOW, batch_key="bench")
         with engine.connect() as conn:
             owned = {o: c for o, c in conn.execute(sa.select(coupons.c.one_id, coupons.c.code))}
         half = n // 2
@@ -141,7 +142,7 @@ def bench_redeem(tmp: Path, url: str | None, label: str, n: int = 4000, clients:
 
         def redeem(i: int) -> None:
             u = work[i]
-            svc.redeem(engine, f"o{i}", NOW, one_id=u, codes=[owned[u]], cart=CART)
+            redemption.redeem(engine, f"o{i}", NOW, one_id=u, codes=[owned[u]], cart=CART)
 
         t0 = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
@@ -177,10 +178,10 @@ def bench_redeem(tmp: Path, url: str | None, label: str, n: int = 4000, clients:
 def bench_issue(tmp: Path, url: str | None, label: str, n: int) -> None:
     stores = _stores(tmp, url)
     try:
-        t = svc.create_template(stores.engine, _spec(FIXED), NOW).template_id
+        t = templates.create_template(stores.engine, _spec(FIXED), NOW).template_id
         people = [f"seg{i:07d}" for i in range(n)]
         t0, c0 = time.perf_counter(), time.process_time()
-        r = svc.issue_batch(
+        r = batches.issue_batch(
             stores.engine, stores.warehouse, t, people, NOW, batch_key="segment-1", chunk_size=50000
         )
         ours, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -191,7 +192,7 @@ def bench_issue(tmp: Path, url: str | None, label: str, n: int) -> None:
             "coupons_baseline", md, *[sa.Column(c.name, c.type) for c in coupons.columns]
         )
         md.create_all(stores.engine)
-        codes = svc.new_codes(n)
+        codes = new_codes(n)
         rows = [
             {"code": c, "template_id": t, "one_id": o, "state": "issued", "face_value": 500,
              "issued_at": NOW, "valid_from": NOW, "valid_until": NOW, "issuance_key": f"k{o}",

@@ -49,7 +49,7 @@ def materialise_segments(stores: Stores) -> str:
 
 def sweep_coupons(stores: Stores) -> str:
     from zhiying.coupons import ledger
-    from zhiying.coupons import service as coupons
+    from zhiying.coupons import maintenance as coupons
 
     now = stores.clock.now()
     released = coupons.release_timed_out(stores.engine, now)
