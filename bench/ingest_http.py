@@ -2,15 +2,20 @@
 
     .venv/bin/python -m bench.ingest_http [--seconds 15] [--senders 4] [--users 50000]
 
-Starts ``zhiying serve`` (uvicorn, one process) on a free loopback port with a
-fresh data directory (SQLite + DuckDB), then from this process posts
-pre-built realistic batches (track/page/identify mix, orders with products,
-web and app contexts) over keep-alive connections from ``--senders`` threads
-for ``--seconds``. Prints events/s and per-request p50/p99.
+Starts ``zhiying serve`` (uvicorn, one process plus its validation worker
+process) on a free loopback port with a fresh data directory (SQLite + DuckDB),
+then from this process posts pre-built realistic batches (track/page/identify
+mix, orders with products, web and app contexts) over keep-alive connections
+from ``--senders`` threads: ``--warmup`` seconds first (not counted: the worker
+starts, caches fill), then ``--seconds`` measured. Prints events/s,
+per-request p50/p99, and CPU per event of the server process, of its worker
+and of this client process, with the load average.
 
 Beside it, measured in the same run:
 - the floor: the same kind of batches validated and stored with
-  ``store_events`` directly in this process (no HTTP), with the time per step;
+  ``store_events`` directly in this process (no HTTP, one process), with the
+  time per step — the previous validator (``orjson.loads`` + ``validate_batch`` +
+  ``rows_to_table``) and the current one (``prepare_body``);
 - ``GET /health`` requests/s over the same connections (the HTTP stack alone).
 """
 
@@ -34,10 +39,12 @@ from typing import Any
 
 import httpx
 import orjson
+import pyarrow as pa
 
 from zhiying.config import Settings
 from zhiying.ingest.models import BatchContext, rows_to_table, validate_batch
 from zhiying.ingest.pipeline import store_events
+from zhiying.ingest.prepare import prepare_body
 from zhiying.keys.service import create_key
 from zhiying.runtime import open_stores
 
@@ -189,14 +196,41 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (the server's validation worker)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of ``pid`` and of each of its children."""
+    result = {pid: cpu_seconds(pid)}
+    for child in child_pids(pid):
+        try:
+            result[child] = cpu_seconds(child)
+        except OSError:
+            continue
+    return result
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def post_for(
-    url: str, key: str, templates: list[bytes], seconds: float, senders: int
+    url: str, key: str, templates: list[bytes], seconds: float, senders: int, first: int = 0
 ) -> dict[str, Any]:
+    """Post for ``seconds``; request n carries messageIds made from ``first + n``."""
     latencies: list[float] = []
     accepted = 0
     failures: dict[int, int] = defaultdict(int)
     lock = threading.Lock()
-    counter = iter(range(10**9))
+    counter = iter(range(first, 10**9))
     stop_at = time.perf_counter() + seconds
 
     def sender() -> None:
@@ -229,6 +263,7 @@ def post_for(
     return {
         "events_per_s": accepted / wall,
         "accepted": accepted,
+        "next": next(counter),
         "requests": len(latencies),
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
@@ -258,8 +293,11 @@ def health_rate(url: str, seconds: float, senders: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def in_process(templates: list[bytes], seconds: float, group: int) -> dict[str, Any]:
-    """The floor: parse, validate and ``store_events`` with no HTTP, ``group`` batches per call."""
+def in_process(
+    templates: list[bytes], seconds: float, group: int, *, current: bool
+) -> dict[str, Any]:
+    """The floor: parse, validate and ``store_events`` with no HTTP, ``group`` batches per
+    call; ``current`` uses ``prepare_body``, otherwise the previous validator."""
     with tempfile.TemporaryDirectory() as tmp:
         stores = open_stores(Settings(data_dir=Path(tmp)))
         steps: dict[str, float] = defaultdict(float)
@@ -269,10 +307,23 @@ def in_process(templates: list[bytes], seconds: float, group: int) -> dict[str, 
         cpu_started = time.process_time()
         while time.perf_counter() - started < seconds:
             rows: list[dict[str, Any]] = []
+            tables = []
             for _ in range(group):
                 body = templates[n % len(templates)].replace(TOKEN, b"b%011d" % n)
                 n += 1
                 t = time.perf_counter()
+                if current:
+                    tables.append(
+                        prepare_body(
+                            body,
+                            endpoint_type=None,
+                            received_at=datetime.now(UTC),
+                            source="bench",
+                            default_region="CN",
+                        ).events
+                    )
+                    steps["parse+validate+arrow"] += time.perf_counter() - t
+                    continue
                 payload = orjson.loads(body)
                 t1 = time.perf_counter()
                 valid, _ = validate_batch(
@@ -283,7 +334,7 @@ def in_process(templates: list[bytes], seconds: float, group: int) -> dict[str, 
                 steps["validate"] += t2 - t1
                 rows.extend(valid)
             t = time.perf_counter()
-            table = rows_to_table(rows)
+            table = pa.concat_tables(tables) if current else rows_to_table(rows)
             steps["arrow"] += time.perf_counter() - t
             result = store_events(stores, table)
             for step, spent in result.timings.items():
@@ -305,6 +356,7 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--users", type=int, default=50_000)
     parser.add_argument("--templates", type=int, default=40)
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds posted first, uncounted")
     args = parser.parse_args()
 
     pop = Population(args.users)
@@ -318,9 +370,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         process, url, key = start_server(Path(tmp) / "data")
         try:
-            cpu_before = cpu_seconds(process.pid)
-            http = post_for(url, key, templates, args.seconds, args.senders)
-            server_cpu = cpu_seconds(process.pid) - cpu_before
+            warm = (
+                post_for(url, key, templates, args.warmup, args.senders)
+                if args.warmup > 0
+                else {"next": 0}
+            )
+            load_before = load_average()
+            cpu_before = tree_cpu(process.pid)
+            client_before = time.process_time()
+            http = post_for(url, key, templates, args.seconds, args.senders, first=warm["next"])
+            cpu_after = tree_cpu(process.pid)
+            client_cpu = time.process_time() - client_before
+            load_after = load_average()
             health = health_rate(url, 3.0, args.senders)
         finally:
             process.terminate()
@@ -328,21 +389,32 @@ def main() -> None:
     print(
         f"HTTP /v1/batch  : {http['events_per_s']:9,.0f} events/s  "
         f"p50 {http['p50_ms']:6.1f} ms  p99 {http['p99_ms']:6.1f} ms  "
-        f"({http['requests']} requests, {args.senders} senders, failures {http['failures']})"
+        f"({http['requests']} requests, {args.senders} senders, failures {http['failures']}; "
+        f"after {args.warmup:.0f} s of warm-up)"
     )
-    events = http["accepted"]
+    events = max(int(http["accepted"]), 1)
+
+    def per_event(seconds: float) -> float:
+        return 1e6 * seconds / events
+
+    server = per_event(cpu_after[process.pid] - cpu_before.get(process.pid, 0.0))
+    workers = per_event(
+        sum(v - cpu_before.get(p, 0.0) for p, v in cpu_after.items() if p != process.pid)
+    )
     print(
-        f"  server CPU     : {1e6 * server_cpu / max(events, 1):9,.1f} µs per event "
-        f"(user+system, all threads; a load-independent cost: 1e6/that = events/s per core)"
+        f"  CPU per event  : server {server:.1f} µs + its worker {workers:.1f} µs; "
+        f"this client {per_event(client_cpu):.1f} µs (user+system, all threads)"
     )
+    print(f"  load average   : {load_before} before, {load_after} after (2 cores)")
     print(f"HTTP /health    : {health:9,.0f} requests/s (the HTTP stack alone)")
-    floor = in_process(templates, args.seconds, group=args.senders)
-    print(
-        f"in-process floor: {floor['events_per_s']:9,.0f} events/s  "
-        f"(validate + store_events, {args.senders} batches per call), "
-        f"CPU {floor['cpu_us_per_event']:.1f} µs per event"
-    )
-    print("  µs per event by step:", floor["us_per_event"])
+    for current, label in ((False, "previous validator"), (True, "prepare_body")):
+        floor = in_process(templates, args.seconds, group=args.senders, current=current)
+        print(
+            f"in-process floor: {floor['events_per_s']:9,.0f} events/s  "
+            f"({label} + store_events, {args.senders} batches per call, one process), "
+            f"CPU {floor['cpu_us_per_event']:.1f} µs per event"
+        )
+        print("  µs per event by step:", floor["us_per_event"])
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ the write key as user name (or ``writeKey`` in the body), optional
 ``Content-Encoding: gzip``, Segment's size limits (32 KB per event, 500 KB per
 batch after decompression).
 
-The routes read the raw body and validate it with the hand-written validator
-in ``zhiying.ingest.models`` (the hot path); the pydantic models below only
-describe the messages in the OpenAPI document.
+The routes read the raw body and turn it into an ``EVENTS`` table with
+``zhiying.ingest.prepare`` (the hand-written validator of
+``zhiying.ingest.models``): large bodies in the server's validation worker
+process (``zhiying.ingest.workers``), small ones inline. The pydantic models
+below only describe the messages in the OpenAPI document.
 
 Answers: 200 ``{"success": true, "accepted", "duplicates", "rejected": [...]}``
 where ``accepted`` counts events stored now, ``duplicates`` events already
@@ -22,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Final, Literal
 
 import orjson
+import pyarrow as pa
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -35,18 +38,11 @@ from starlette.responses import Response
 from zhiying.api.deps import StoresDep, basic_user, check_write_key
 from zhiying.api.problems import problem
 from zhiying.errors import ZhiyingError
-from zhiying.ingest.models import (
-    MAX_BATCH_BYTES,
-    MAX_EVENT_BYTES,
-    BatchContext,
-    Rejection,
-    Row,
-    parse_timestamp,
-    rows_to_table,
-    validate_batch,
-)
+from zhiying.ingest.models import MAX_BATCH_BYTES, MAX_EVENT_BYTES, Rejection
 from zhiying.ingest.pipeline import store_events
+from zhiying.ingest.prepare import BadBody, Prepared, parse_body, prepare_body, prepare_payload
 from zhiying.ingest.writer import EventWriter, WriterBusy, WriterStopped, Written
+from zhiying.keys.service import ApiKey
 from zhiying.runtime import Stores
 
 log = logging.getLogger(__name__)
@@ -288,36 +284,20 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return data
 
 
-def _parse_json(body: bytes) -> Any:
-    if not body:
-        raise BadRequest("the body is empty; send a JSON object", field="body")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError as bad:
-            raise BadRequest(
-                f"the body is not valid UTF-8 (byte {bad.start}); JSON must be UTF-8",
-                field="body",
-            ) from exc
-        raise BadRequest(f"malformed JSON: {exc}", field="body") from exc
-
-
 def _writer(request: Request) -> EventWriter | None:
     writer = getattr(request.app.state, "event_writer", None)
     return writer if isinstance(writer, EventWriter) else None
 
 
-async def _store(request: Request, stores: Stores, rows: list[Row]) -> Written:
+async def _store(request: Request, stores: Stores, events: pa.Table) -> Written:
     writer = _writer(request)
     if writer is not None:
-        return await asyncio.wrap_future(writer.submit(rows))
+        return await asyncio.wrap_future(writer.submit(events))
     # No writer (an app used without its lifespan, e.g. a bare TestClient): store inline.
     try:
-        result = await run_in_threadpool(store_events, stores, rows_to_table(rows))
+        result = await run_in_threadpool(store_events, stores, events)
     except Exception:
-        log.exception("storing %d events failed", len(rows))
+        log.exception("storing %d events failed", events.num_rows)
         raise
     return Written(inserted=result.inserted, duplicates=result.duplicates)
 
@@ -350,17 +330,39 @@ def _answer(written: Written | None, rejected: list[Rejection]) -> Response:
     )
 
 
-async def _ingest(request: Request, stores: Stores, endpoint_type: str | None) -> Response:
-    received_at = stores.clock.now()
-    header_key = basic_user(request)
-    # A key in the header is checked before the body is read.
-    key = check_write_key(stores, header_key) if header_key else None
+async def _prepare(
+    request: Request,
+    stores: Stores,
+    key: ApiKey | None,
+    endpoint_type: str | None,
+    received_at: datetime,
+) -> Prepared:
+    """The request's events and rejections; checks a ``writeKey`` sent in the body."""
     limit = MAX_BATCH_BYTES if endpoint_type is None else MAX_EVENT_BYTES
     body = await _read_body(request, limit)
-    payload = _parse_json(body)
-    if not isinstance(payload, dict):
-        raise BadRequest("the body must be a JSON object", field="body")
-    if key is None:
+    region = stores.settings.default_phone_region
+    try:
+        writer = _writer(request)
+        if key is not None and writer is not None and writer.validators.wants(len(body)):
+            return await writer.validators.prepare(
+                body,
+                endpoint_type=endpoint_type,
+                received_at=received_at,
+                source=key.key_id,
+                default_region=region,
+            )
+        if key is not None:
+            return prepare_body(
+                body,
+                endpoint_type=endpoint_type,
+                received_at=received_at,
+                source=key.key_id,
+                default_region=region,
+            )
+        # No key in the header: the body must be read for its writeKey first.
+        payload = parse_body(body)
+        if not isinstance(payload, dict):
+            raise BadBody("the body must be a JSON object", "body")
         write_key = payload.get("writeKey")
         if not isinstance(write_key, str) or not write_key:
             # Not Segment's way, but an admin key sent as a bearer token must get
@@ -368,40 +370,28 @@ async def _ingest(request: Request, stores: Stores, endpoint_type: str | None) -
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             write_key = token.strip() if scheme.lower() == "bearer" else None
         key = check_write_key(stores, write_key)
-
-    region = stores.settings.default_phone_region
-    if endpoint_type is None:
-        messages = payload.get("batch")
-        if not isinstance(messages, list):
-            raise BadRequest("batch must be an array of messages", field="batch")
-        if not messages:
-            raise BadRequest("batch is empty; send at least one message", field="batch")
-        sent_at = None
-        if payload.get("sentAt") is not None:
-            try:
-                sent_at = parse_timestamp(payload["sentAt"]).replace(tzinfo=UTC)
-            except ValueError as exc:
-                raise BadRequest(str(exc), field="sentAt") from exc
-        context = payload.get("context")
-        if context is not None and not isinstance(context, dict):
-            raise BadRequest("context must be an object", field="context")
-        batch = BatchContext(
+        return prepare_payload(
+            payload,
+            endpoint_type=endpoint_type,
             received_at=received_at,
             source=key.key_id,
-            sent_at=sent_at,
-            context=context or None,
             default_region=region,
+            body_size=len(body),
         )
-        rows, rejected = validate_batch(messages, batch, check_size=len(body) > MAX_EVENT_BYTES)
-    else:
-        batch = BatchContext(received_at=received_at, source=key.key_id, default_region=region)
-        rows, rejected = validate_batch(
-            [payload], batch, endpoint_type=endpoint_type, check_size=False
-        )
-    if not rows:
-        return _answer(None, rejected)
+    except BadBody as exc:
+        raise BadRequest(exc.message, field=exc.field) from exc
+
+
+async def _ingest(request: Request, stores: Stores, endpoint_type: str | None) -> Response:
+    received_at = stores.clock.now()
+    header_key = basic_user(request)
+    # A key in the header is checked before the body is read.
+    key = check_write_key(stores, header_key) if header_key else None
+    prepared = await _prepare(request, stores, key, endpoint_type, received_at)
+    if prepared.events.num_rows == 0:
+        return _answer(None, prepared.rejected)
     try:
-        written = await _store(request, stores, rows)
+        written = await _store(request, stores, prepared.events)
     except (WriterBusy, WriterStopped) as exc:
         return problem(503, "busy", exc.message, code=exc.code, headers={"Retry-After": "1"})
     except Exception:
@@ -413,7 +403,7 @@ async def _ingest(request: Request, stores: Stores, endpoint_type: str | None) -
             code="store_failed",
             headers={"Retry-After": "1"},
         )
-    return _answer(written, rejected)
+    return _answer(written, prepared.rejected)
 
 
 @router.post(

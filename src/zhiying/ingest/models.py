@@ -3,7 +3,9 @@
 One function, :func:`validate_message`, turns one decoded JSON value into either a
 row dict with every ``EVENTS`` column, or the list of :class:`Rejection` s that say
 which field is wrong and why. :func:`validate_batch` does it for a batch and
-:func:`rows_to_table` turns rows into one Arrow table, column by column.
+:func:`rows_to_table` turns rows into one Arrow table, column by column;
+:func:`validate_batch_table` (the server's path) does both without building a
+dict per row.
 
 The validator is written by hand instead of as a pydantic model per event: it runs
 for every event the system receives, and a hand-written pass over the dict is
@@ -141,8 +143,11 @@ class BatchContext:
 
 
 def _naive_utc(at: datetime) -> datetime:
-    if at.tzinfo is None:
+    tz = at.tzinfo
+    if tz is None:
         return at
+    if tz is UTC:  # "...Z": the common case, no offset arithmetic
+        return at.replace(tzinfo=None)
     offset = at.utcoffset()
     return at.replace(tzinfo=None) - offset if offset else at.replace(tzinfo=None)
 
@@ -465,6 +470,17 @@ def validate_message(
     (``/v1/track`` → ``track``); a message whose own ``type`` disagrees is refused.
     Unknown top-level keys are ignored, as Segment does (SDKs add private ones).
     """
+    result = _check_message(msg, index, batch, endpoint_type)
+    if isinstance(result, list):
+        return result
+    return dict(zip(EVENTS.names, result, strict=True))
+
+
+def _check_message(
+    msg: object, index: int, batch: BatchContext, endpoint_type: str | None
+) -> tuple[Any, ...] | list[Rejection]:
+    """:func:`validate_message` with the row as a tuple in ``EVENTS`` column order
+    (cheaper to build and to turn into columns than a dict)."""
     if not isinstance(msg, dict):
         return [Rejection(index, "", f"must be a JSON object, got {_type_name(msg)}", None)]
     errors = _Errors()
@@ -563,32 +579,46 @@ def validate_message(
         sent_id = message_id if raw_id not in (None, "") else None
         return [Rejection(index, f, reason, sent_id) for f, reason in errors.items]
 
-    return {
-        "message_id": message_id,
-        "type": kind,
-        "event": event,
-        "name": name,
-        "user_id": user_id,
-        "anonymous_id": anonymous_id,
-        "one_id": None,
-        "timestamp": timestamp,
-        "received_at": received,
-        "sent_at": sent_at,
-        "original_timestamp": original,
-        "source": batch.source,
-        "channel": derive_channel(channel, context),
-        "order_id": order_id,
-        "revenue": revenue,
-        "currency": currency,
-        "coupon": coupon,
-        "products": products,
-        "group_id": group_id,
-        "previous_id": previous_id,
-        "identifiers": identifiers,
-        "properties": None if properties is None else _json(properties),
-        "traits": None if traits is None else _json(traits),
-        "context": None if context is None else _json(context),
-    }
+    # In EVENTS column order (checked by _check_column_order below).
+    return (
+        message_id,
+        kind,
+        event,
+        name,
+        user_id,
+        anonymous_id,
+        None,  # one_id: set by identity resolution
+        timestamp,
+        received,
+        sent_at,
+        original,
+        batch.source,
+        derive_channel(channel, context),
+        order_id,
+        revenue,
+        currency,
+        coupon,
+        products,
+        group_id,
+        previous_id,
+        identifiers,
+        None if properties is None else _json(properties),
+        None if traits is None else _json(traits),
+        None if context is None else _json(context),
+    )
+
+
+def _check_column_order() -> None:
+    expected = (  # noqa: SIM905
+        "message_id type event name user_id anonymous_id one_id timestamp received_at sent_at "
+        "original_timestamp source channel order_id revenue currency coupon products group_id "
+        "previous_id identifiers properties traits context"
+    ).split()
+    if EVENTS.names != expected:  # pragma: no cover - guards a schema edit
+        raise RuntimeError("EVENTS columns changed: update _check_message's row tuple")
+
+
+_check_column_order()
 
 
 def validate_batch(
@@ -604,7 +634,31 @@ def validate_batch(
     :data:`MAX_EVENT_BYTES` is refused (the caller skips it when the whole body
     is already smaller than the limit).
     """
-    rows: list[Row] = []
+    tuples, rejections = _check_batch(messages, batch, endpoint_type, check_size)
+    names = EVENTS.names
+    return [dict(zip(names, values, strict=True)) for values in tuples], rejections
+
+
+def validate_batch_table(
+    messages: Sequence[object],
+    batch: BatchContext,
+    *,
+    endpoint_type: str | None = None,
+    check_size: bool = True,
+) -> tuple[pa.Table, list[Rejection]]:
+    """:func:`validate_batch` with the valid rows as one ``EVENTS`` Arrow table (the
+    server's path: no row dicts, columns built straight from the checked values)."""
+    tuples, rejections = _check_batch(messages, batch, endpoint_type, check_size)
+    return _tuples_to_table(tuples), rejections
+
+
+def _check_batch(
+    messages: Sequence[object],
+    batch: BatchContext,
+    endpoint_type: str | None,
+    check_size: bool,
+) -> tuple[list[tuple[Any, ...]], list[Rejection]]:
+    rows: list[tuple[Any, ...]] = []
     rejections: list[Rejection] = []
     for index, msg in enumerate(messages):
         if check_size and isinstance(msg, dict):
@@ -620,12 +674,22 @@ def validate_batch(
                     )
                 )
                 continue
-        result = validate_message(msg, index, batch, endpoint_type=endpoint_type)
+        result = _check_message(msg, index, batch, endpoint_type)
         if isinstance(result, list):
             rejections.extend(result)
         else:
             rows.append(result)
     return rows, rejections
+
+
+def _tuples_to_table(rows: Sequence[tuple[Any, ...]]) -> pa.Table:
+    if not rows:
+        return EVENTS.empty_table()
+    columns = zip(*rows, strict=True)
+    return pa.Table.from_arrays(
+        [pa.array(values, f.type) for values, f in zip(columns, EVENTS, strict=True)],
+        schema=EVENTS,
+    )
 
 
 _ROW_VALUES: Final = operator.itemgetter(*EVENTS.names)

@@ -3,6 +3,16 @@
 A DuckDB file can be opened read-write by one process only. While ``zhiying
 serve`` runs it owns the file; another process that tries gets ``StoreBusy``
 with a message saying so, never a bare lock error.
+
+Checkpoints: every commit is durable in the write-ahead log; a checkpoint
+rewrites the log into the compressed table file, and it rewrites the table's
+last, partly filled row group (up to 122,880 rows) each time. With DuckDB's
+default threshold (a checkpoint per 16 MB of log, ≈ 25,000 events) a stream of
+small appends pays for every event about three times over (measured on
+240,000 events in 2,000-row appends: 14.0 µs of CPU per event at 16 MB, 9.0 at
+64 MB, 10.5 at 256 MB, final checkpoint included); :data:`CHECKPOINT_THRESHOLD`
+makes a checkpoint cover about one row group. The price is a longer log to
+replay after a crash (measured: 157 MB replayed in 1.6 s when opening).
 """
 
 from __future__ import annotations
@@ -17,6 +27,9 @@ from zhiying.errors import StoreBusy
 from zhiying.warehouse.base import WarehouseError
 from zhiying.warehouse.schema import Dialect
 
+CHECKPOINT_THRESHOLD = "128MB"
+"""Write-ahead log size that triggers a checkpoint (DuckDB's default: 16 MB)."""
+
 
 class DuckDBWarehouse:
     dialect: Dialect = "duckdb"
@@ -27,7 +40,10 @@ class DuckDBWarehouse:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._con = duckdb.connect(path, read_only=read_only)
+            config: dict[str, str | bool | int | float | list[str]] = (
+                {} if read_only else {"checkpoint_threshold": CHECKPOINT_THRESHOLD}
+            )
+            self._con = duckdb.connect(path, read_only=read_only, config=config)
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
                 raise StoreBusy(
