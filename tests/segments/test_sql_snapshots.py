@@ -38,7 +38,7 @@ def test_json_properties_compile_with_our_rule_on_every_dialect() -> None:
         "duckdb": "JSON_TYPE",
         "clickhouse": "JSONExtractString",
         "postgres": "JSONB_TYPEOF",
-        "pyspark": "GET_JSON_OBJECT",
+        "pyspark": "SCHEMA_OF_VARIANT",
     }
     for dialect, fragment in fragments.items():
         assert fragment in compiled.sql(dialect), dialect

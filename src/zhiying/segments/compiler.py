@@ -329,7 +329,8 @@ class _Compiler:
             self._check_kind(kind, fkind, prop, f"{_pre(path)}value")
 
             def elem(p: ir.StructValue) -> ir.BooleanValue:
-                v = p[fld].cast("float64") if fkind == "number" else p[fld]
+                v = sqlext.element_field(p, fld)
+                v = v.cast("float64") if fkind == "number" else v
                 return compare(v, flt.op, flt.value, flt.values)
 
             return lambda r: r["products"].map(elem).anys().fill_null(False)
@@ -357,7 +358,15 @@ class _Compiler:
         keys = tuple(prop.split(".")[1:])
         if flt.op in ("contains", "starts_with"):
             kind = "string"
-        jkind: sqlext.JsonKind = "present" if kind is None else kind  # type: ignore[assignment]
+        if kind is None:
+            # is_set / is_not_set: the "present" scalar is itself the (never NULL) test;
+            # comparing it as a value would ask whether the boolean is NULL.
+            def present(r: ir.Table) -> ir.BooleanValue:
+                found = sqlext.json_scalar(r["properties"], keys, "present")
+                return found if flt.op == "is_set" else ~found
+
+            return present
+        jkind: sqlext.JsonKind = kind  # type: ignore[assignment]
         return lambda r: compare(
             sqlext.json_scalar(r["properties"], keys, jkind), flt.op, flt.value, flt.values
         )

@@ -2,16 +2,21 @@
 
 ibis 12 compiles typed columns (including arrays of structs) to every dialect
 we target, but not JSON (see DESIGN.md), and its timestamp literals are read
-in the server's time zone on ClickHouse. Two small operations fill the gaps:
+in the server's time zone on ClickHouse. Small operations fill the gaps:
 
 - ``JsonScalar(arg, path, kind)``: a scalar of the JSON text ``arg`` at
   ``path``, typed by ``kind``. It is NULL when the key is missing or holds a
   value of another JSON type, so ``{"size": 5}`` never equals the text ``"5"``.
-  PySpark's ``get_json_object`` cannot tell types apart: there a number
-  compared as text matches its digits (documented in docs/segments.md).
+  On PySpark it reads Spark 4's VARIANT (``parse_json``), which keeps the
+  JSON type (``get_json_object`` cannot tell the number 5 from the text "5").
 - ``UtcInstant(text)``: a UTC instant literal. The warehouse stores naive
   timestamps meaning UTC; ClickHouse columns are ``DateTime64(6, 'UTC')``, so
   its literal names the zone instead of trusting the session's.
+- ``ElementField(arg, field)``: a field of a struct (a ``products`` element).
+  ibis compiles struct fields on PostgreSQL as ``to_jsonb(arg) -> 'fN'``,
+  which holds only for anonymous records and, for text, yields the JSON
+  literal with its quotes; PostgreSQL's own ``(arg).field`` reads a field of
+  a composite type. Other dialects compile it as ibis's ``StructField``.
 
 Rules are registered on ibis's compiler classes once, at import; the
 expression built by ``zhiying.segments.compiler`` is the same for every
@@ -76,6 +81,10 @@ class LatestValue(ops.ArgMax):  # type: ignore[misc]
     """
 
 
+class ElementField(ops.StructField):  # type: ignore[misc]
+    """Field ``field`` of the struct ``arg`` (see the module docstring)."""
+
+
 class UtcInstant(ops.Value):  # type: ignore[misc]
     """A UTC instant written ``YYYY-MM-DD HH:MM:SS.ffffff``."""
 
@@ -92,6 +101,11 @@ def json_scalar(arg: ir.StringValue, path: tuple[str, ...], kind: JsonKind) -> i
 def latest_value(arg: ir.Column, key: ir.Column, where: ir.BooleanValue | None = None) -> ir.Scalar:
     """The ``arg`` of the row with the greatest ``key`` (among rows passing ``where``)."""
     return LatestValue(arg, key, where=where).to_expr()
+
+
+def element_field(arg: ir.StructValue, field: str) -> ir.Value:
+    """``arg[field]``, compiled for a composite type on PostgreSQL."""
+    return ElementField(arg, field).to_expr()
 
 
 def utc_instant(text: str) -> ir.TimestampScalar:
@@ -175,18 +189,29 @@ def _postgres_json(self: Any, op: JsonScalar, *, arg: Any, path: Any, kind: Any)
     return self.if_(sge.EQ(this=jtype, expression=_str(_PG_TYPES[kind])), value, sge.null())
 
 
-# --- PySpark: get_json_object (untyped) ---------------------------------------------
+# --- PySpark: VARIANT (Spark 4) --------------------------------------------------------
+
+_SPARK_NUMBERS = ("TINYINT", "SMALLINT", "INT", "BIGINT", "FLOAT", "DOUBLE")
 
 
 def _pyspark_json(self: Any, op: JsonScalar, *, arg: Any, path: Any, kind: Any) -> Any:
-    text = self.f.get_json_object(arg, _str(_jsonpath(path).replace('"', "")))
+    # ``get_json_object`` returns the number 5 and the text "5" alike; the VARIANT of
+    # ``parse_json`` keeps the JSON type, which ``schema_of_variant`` names.
+    doc = sge.Anonymous(this="PARSE_JSON", expressions=[arg])  # sqlglot drops parse_json
+    jp = _str(_jsonpath(path).replace('"', ""))
+    node = self.f.variant_get(doc, jp)
+    jtype = self.f.schema_of_variant(node)
     if kind == "present":
-        return text.is_(sge.null()).not_()
-    return {
-        "string": text,
-        "number": self.f.try_cast(text, sge.DataType.build("DOUBLE")),
-        "boolean": text,
-    }[kind]
+        return sge.and_(jtype.is_(sge.null()).not_(), sge.NEQ(this=jtype, expression=_str("VOID")))
+    if kind == "number":
+        is_number = sge.or_(
+            sge.In(this=jtype, expressions=[_str(t) for t in _SPARK_NUMBERS]),
+            self.f.startswith(jtype, _str("DECIMAL")),
+        )
+        return self.if_(is_number, self.f.variant_get(doc, jp, _str("double")), sge.null())
+    expected = "STRING" if kind == "string" else "BOOLEAN"
+    text = self.f.variant_get(doc, jp, _str("string"))
+    return self.if_(sge.EQ(this=jtype, expression=_str(expected)), text, sge.null())
 
 
 # --- UTC instants -------------------------------------------------------------------
@@ -198,6 +223,16 @@ def _instant_cast(self: Any, op: UtcInstant, *, text: Any) -> Any:
 
 def _instant_clickhouse(self: Any, op: UtcInstant, *, text: Any) -> Any:
     return self.f.toDateTime64(_str(text), sge.convert(6), _str("UTC"))
+
+
+def _field_postgres(self: Any, op: ElementField, *, arg: Any, field: Any) -> Any:
+    # Needs ``products`` typed as an array of a composite type with the Arrow struct's
+    # field names (tests/segments/engines.py creates one).
+    return sge.Column(this=sge.to_identifier(field, quoted=True), table=sge.Paren(this=arg))
+
+
+def _field_generic(self: Any, op: ElementField, *, arg: Any, field: Any) -> Any:
+    return self.visit_StructField(op, arg=arg, field=field)
 
 
 def _latest_duckdb(self: Any, op: LatestValue, *, arg: Any, key: Any, where: Any) -> Any:
@@ -232,3 +267,5 @@ for _compiler, (_json_rule, _instant_rule) in _RULES.items():
     setattr(_compiler, "visit_UtcInstant", _instant_rule)  # noqa: B010
     _latest_rule = _latest_duckdb if _compiler is DuckDBCompiler else _latest_generic
     setattr(_compiler, "visit_LatestValue", _latest_rule)  # noqa: B010
+    _field_rule = _field_postgres if _compiler is PostgresCompiler else _field_generic
+    setattr(_compiler, "visit_ElementField", _field_rule)  # noqa: B010

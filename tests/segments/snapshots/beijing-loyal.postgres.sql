@@ -128,10 +128,9 @@ FROM (
                       SELECT
                         BOOL_OR(ibis_pg_arr_bool_or_X)
                       FROM UNNEST(ARRAY(SELECT
-                        COALESCE(
-                          CAST(JSONB_EXTRACT_PATH(TO_JSONB(__ibis_param_p__), 'f4') AS VARCHAR) = 'Shiseido',
-                          FALSE
-                        )
+                        COALESCE((
+                          __ibis_param_p__
+                        )."brand" = 'Shiseido', FALSE)
                       FROM UNNEST("t2"."products") AS __ibis_param_p__)) AS _t0(ibis_pg_arr_bool_or_X)
                     ),
                     FALSE
