@@ -10,7 +10,9 @@ session, so their web device is merged into the existing ONE_ID. A user's
 steps are 1 minute to 2 days apart over about a month, so most users recur in
 several batches and are found in the store. Events are
 ordered by time and cut into ``--batch``-row batches, each resolved with
-``identity.service.resolve_events`` in its own transaction on a fresh store:
+``identity.service.resolve_events`` in its own transaction on a fresh store,
+set-based (the default for batches this size) and, for comparison, with every
+tuple through the ``Resolver`` one by one (``set_based=False``, the path before):
 SQLite, and PostgreSQL when the test server helper (``tests/pg.py``) can
 start one.
 
@@ -142,8 +144,13 @@ def generate(n_events: int, seed: int = 7) -> tuple[pa.Table, int]:
     return events.take(pc.sort_indices(events.column("timestamp"))), n_users
 
 
-def run_store(url: str, events: pa.Table, batch: int) -> tuple[float, float, int, int]:
-    """Wall and CPU seconds (this process) to resolve ``events`` in batches, people, merges."""
+def run_store(
+    url: str, events: pa.Table, batch: int, set_based: bool = True
+) -> tuple[float, float, int, int]:
+    """Wall and CPU seconds (this process) to resolve ``events`` in batches, people, merges.
+
+    ``set_based=False`` forces every tuple through the ``Resolver`` one by one (the
+    path before ``identity.setwise``; still the one for small batches)."""
     upgrade(url)
     engine = make_engine(url)
     merges = 0
@@ -151,7 +158,7 @@ def run_store(url: str, events: pa.Table, batch: int) -> tuple[float, float, int
     for start in range(0, events.num_rows, batch):
         chunk = events.slice(start, batch)
         with engine.begin() as conn:
-            r = resolve_events(conn, chunk, NOW)
+            r = resolve_events(conn, chunk, NOW, set_based=set_based)
         merges += r.merges
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     with engine.connect() as conn:
@@ -253,18 +260,19 @@ def main() -> None:
         f"; {resolved:,} people",
     )
 
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{Path(tmp) / 'identity.sqlite3'}"
-        wall, cpu, owners, merges = run_store(url, events, args.batch)
-        _line(
-            "ZHIYING resolve_events, SQLite",
-            wall,
-            cpu,
-            n,
-            batch_tuples,
-            f"; {owners:,} people, {merges:,} merges",
-        )
-        assert owners == n_users, (owners, n_users)
+    for set_based, label in ((False, "per-tuple resolver (before)"), (True, "set-based")):
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite:///{Path(tmp) / 'identity.sqlite3'}"
+            wall, cpu, owners, merges = run_store(url, events, args.batch, set_based)
+            _line(
+                f"ZHIYING resolve_events, SQLite, {label}",
+                wall,
+                cpu,
+                n,
+                batch_tuples,
+                f"; {owners:,} people, {merges:,} merges",
+            )
+            assert owners == n_users, (owners, n_users)
 
     if args.no_postgres:
         return
@@ -275,17 +283,18 @@ def main() -> None:
         return
     server = pg.start()
     try:
-        url = server.create_database("bench_identity")
-        wall, cpu, owners, merges = run_store(url, events, args.batch)
-        _line(
-            "ZHIYING resolve_events, PostgreSQL",
-            wall,
-            cpu,
-            n,
-            batch_tuples,
-            f"; {owners:,} people, {merges:,} merges",
-        )
-        assert owners == n_users, (owners, n_users)
+        for set_based, label in ((False, "per-tuple resolver (before)"), (True, "set-based")):
+            url = server.create_database(f"bench_identity_{int(set_based)}")
+            wall, cpu, owners, merges = run_store(url, events, args.batch, set_based)
+            _line(
+                f"ZHIYING resolve_events, PostgreSQL, {label}",
+                wall,
+                cpu,
+                n,
+                batch_tuples,
+                f"; {owners:,} people, {merges:,} merges",
+            )
+            assert owners == n_users, (owners, n_users)
     finally:
         server.stop()
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from zhiying.identity.identifiers import ANONYMOUS_ID, USER_ID
-from zhiying.identity.resolver import Ident, Observation
+from zhiying.identity.resolver import Observation
 
 _TS = pa.timestamp("us")
 
@@ -53,17 +53,42 @@ def _identifiers_key(column: pa.Array) -> pa.Array:
     return pc.binary_join(rebuilt, "")
 
 
-def _aware(stamps: pa.Array | pa.ChunkedArray) -> list[datetime]:
-    """Aware UTC datetimes from naive UTC timestamps (NumPy's conversion is the fast one)."""
-    naive = np.asarray(stamps.to_numpy(), dtype="datetime64[us]").tolist()
-    return [at.replace(tzinfo=UTC) for at in naive]
-
-
 def _column(events: pa.Table, name: str) -> pa.Array:
     return events.column(name).combine_chunks()
 
 
-def collapse(events: pa.Table, now: datetime) -> Tuples:
+@dataclass(frozen=True)
+class TupleColumns:
+    """The distinct tuples of a batch as columns (no Python object per tuple).
+
+    Tuples are numbered in time order of their first event; ``codes[i]`` is the
+    tuple of row ``i``. ``first_at``/``last_at`` are naive-UTC microseconds.
+    ``message_id``/``event_type``/``previous_id`` (null unless an alias call) come
+    from each tuple's first event. The identifiers are flat rows (``flat_tuple``,
+    ``flat_kind``, ``flat_value``) sorted by tuple, each tuple's in the order an
+    ``Observation`` lists them (user id, anonymous id, then the event's list),
+    without repeats and without empty kinds or values.
+    """
+
+    n: int
+    codes: pa.Array
+    first_at: np.ndarray
+    last_at: np.ndarray
+    message_id: pa.Array
+    event_type: pa.Array
+    previous_id: pa.Array
+    flat_tuple: np.ndarray
+    flat_kind: pa.Array
+    flat_value: pa.Array
+
+
+def _present(values: pa.Array) -> np.ndarray:
+    """Positions of non-null, non-empty strings."""
+    ok = pc.fill_null(pc.greater(pc.utf8_length(values), 0), False)
+    return np.flatnonzero(ok.to_numpy(zero_copy_only=False))
+
+
+def tuple_columns(events: pa.Table, now: datetime) -> TupleColumns:
     """Distinct identity tuples of ``events`` (EVENTS columns), first occurrence first.
 
     Event times later than ``now`` (a client with a wrong clock) are read as
@@ -79,68 +104,144 @@ def collapse(events: pa.Table, now: datetime) -> Tuples:
     )
     cap = pa.scalar(now.astimezone(UTC).replace(tzinfo=None), _TS)
     stamps = pc.min_element_wise(pc.cast(_column(events, "timestamp"), _TS), cap)
+    micros = pc.cast(stamps, pa.int64()).to_numpy(zero_copy_only=False)
     # Rows in time order (stable: ties keep input order); dictionary codes are
     # handed out in order of first appearance, so code order is time order.
-    order = pc.sort_indices(stamps).to_numpy()
+    order = np.argsort(micros, kind="stable")
     sorted_codes = (
-        pc.dictionary_encode(key.take(order))
+        pc.dictionary_encode(key.take(pa.array(order)))
         .indices.to_numpy(zero_copy_only=False)
         .astype(np.int64)
     )
     _, first_pos = np.unique(sorted_codes, return_index=True)
+    n = len(first_pos)
     firsts = pa.array(order[first_pos])
-    sorted_stamps = stamps.take(order)
-    first_ts = _aware(sorted_stamps.take(pa.array(first_pos)))
-    last_ts = (
-        pa.table({"code": sorted_codes, "ts": sorted_stamps})
-        .group_by("code", use_threads=False)
-        .aggregate([("ts", "max")])
-        .sort_by("code")
-        .column("ts_max")
-    )
-    last_ts = _aware(last_ts)
+    sorted_micros = micros[order]
+    first_at = sorted_micros[first_pos]
+    last_at = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(last_at, sorted_codes, sorted_micros)
     codes = np.empty(events.num_rows, dtype=np.int64)
     codes[order] = sorted_codes
-    user_ids = user_id.take(firsts).to_pylist()
-    anonymous_ids = anonymous_id.take(firsts).to_pylist()
-    previous_ids = previous_id.take(firsts).to_pylist()
-    message_ids = _column(events, "message_id").take(firsts).to_pylist()
-    types = _column(events, "type").take(firsts).to_pylist()
-    # Identifier lists as flat (kind, value) pairs plus offsets: no dict per element.
+
+    # Flat identifier rows: user id (position 0), anonymous id (1), list items (2 + i).
+    users = user_id.take(firsts)
+    anons = anonymous_id.take(firsts)
     lists = identifiers.take(firsts)
-    ends = np.cumsum(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False))
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(lists)
+    kinds, values = pc.struct_field(flat, "kind"), pc.struct_field(flat, "value")
+    keep = np.intersect1d(_present(kinds), _present(values), assume_unique=True)
+    starts = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(parents, minlength=n), out=starts[1:])
+    u_at, a_at = _present(users), _present(anons)
+    tup = np.concatenate([u_at, a_at, parents[keep]])
+    pos = np.concatenate(
+        [
+            np.zeros(len(u_at), np.int64),
+            np.ones(len(a_at), np.int64),
+            2 + keep - starts[parents[keep]],
+        ]
+    )
+    kind_col = pa.concat_arrays(
+        [
+            pa.array(np.full(len(u_at), USER_ID, dtype=object), pa.string()),
+            pa.array(np.full(len(a_at), ANONYMOUS_ID, dtype=object), pa.string()),
+            kinds.take(pa.array(keep)).cast(pa.string()),
+        ]
+    )
+    value_col = pa.concat_arrays(
+        [
+            users.take(pa.array(u_at)).cast(pa.string()),
+            anons.take(pa.array(a_at)).cast(pa.string()),
+            values.take(pa.array(keep)).cast(pa.string()),
+        ]
+    )
+    ranked = np.lexsort((pos, tup))
+    tup = tup[ranked]
+    kind_col, value_col = kind_col.take(pa.array(ranked)), value_col.take(pa.array(ranked))
+    # The same identifier twice in one tuple: keep its first position.
+    ident = (
+        pc.dictionary_encode(pc.binary_join_element_wise(_enc(kind_col), _enc(value_col), ""))
+        .indices.to_numpy(zero_copy_only=False)
+        .astype(np.int64)
+    )
+    _, unique_at = np.unique(tup * (int(ident.max(initial=0)) + 1) + ident, return_index=True)
+    unique_at.sort()
+    if len(unique_at) < len(tup):
+        tup = tup[unique_at]
+        kind_col, value_col = (
+            kind_col.take(pa.array(unique_at)),
+            value_col.take(pa.array(unique_at)),
+        )
+    return TupleColumns(
+        n=n,
+        codes=pa.array(codes),
+        first_at=first_at,
+        last_at=last_at,
+        message_id=_column(events, "message_id").take(firsts),
+        event_type=_column(events, "type").take(firsts),
+        previous_id=previous_id.take(firsts),
+        flat_tuple=tup,
+        flat_kind=kind_col,
+        flat_value=value_col,
+    )
+
+
+def _aware_micros(micros: np.ndarray) -> list[datetime]:
+    naive = micros.astype("datetime64[us]").tolist()
+    return [at.replace(tzinfo=UTC) for at in naive]
+
+
+def observations(cols: TupleColumns, which: np.ndarray) -> list[Observation]:
+    """``Observation`` s of the tuples ``which`` (ascending tuple numbers)."""
+    if len(which) == 0:
+        return []
+    starts = np.searchsorted(cols.flat_tuple, which, side="left")
+    ends = np.searchsorted(cols.flat_tuple, which, side="right")
+    rows = (
+        np.concatenate(
+            [np.arange(s, e) for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+        )
+        if len(which)
+        else np.zeros(0, np.int64)
+    )
+    take = pa.array(rows.astype(np.int64))
     pairs = list(
         zip(
-            pc.struct_field(flat, "kind").to_pylist(),
-            pc.struct_field(flat, "value").to_pylist(),
+            cols.flat_kind.take(take).to_pylist(),
+            cols.flat_value.take(take).to_pylist(),
             strict=True,
         )
     )
-
-    observations: list[Observation] = []
-    append = observations.append
-    start = 0
-    for user, anonymous, end, first, last, message_id, type_, previous in zip(
-        user_ids,
-        anonymous_ids,
-        ends.tolist(),
-        first_ts,
-        last_ts,
-        message_ids,
-        types,
-        previous_ids,
+    counts = (ends - starts).tolist()
+    picked = pa.array(which)
+    out: list[Observation] = []
+    append = out.append
+    at = 0
+    for count, first, last, message_id, type_, previous in zip(
+        counts,
+        _aware_micros(cols.first_at[which]),
+        _aware_micros(cols.last_at[which]),
+        cols.message_id.take(picked).to_pylist(),
+        cols.event_type.take(picked).to_pylist(),
+        cols.previous_id.take(picked).to_pylist(),
         strict=True,
     ):
-        idents: list[Ident] = []
-        if user:
-            idents.append((USER_ID, user))
-        if anonymous:
-            idents.append((ANONYMOUS_ID, anonymous))
-        if end > start:
-            idents.extend(p for p in pairs[start:end] if p[0] and p[1])
-            idents = list(dict.fromkeys(idents))
-        start = end
-        # Positional: this runs once per distinct tuple of every batch.
-        append(Observation(tuple(idents), first, last, message_id, type_, previous or None))
-    return Tuples(observations=observations, codes=pa.array(codes))
+        # Positional: this runs once per distinct tuple that needs the rules.
+        append(
+            Observation(
+                tuple(pairs[at : at + count]), first, last, message_id, type_, previous or None
+            )
+        )
+        at += count
+    return out
+
+
+def collapse(events: pa.Table, now: datetime) -> Tuples:
+    """Distinct identity tuples of ``events`` (EVENTS columns), first occurrence first.
+
+    Event times later than ``now`` (a client with a wrong clock) are read as
+    ``now``. Rows without any identifier get a tuple with no identifiers.
+    """
+    cols = tuple_columns(events, now)
+    return Tuples(observations(cols, np.arange(cols.n)), cols.codes)

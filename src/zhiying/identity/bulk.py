@@ -68,6 +68,22 @@ class BulkSql:
         texts: list[Any] = pc.replace_substring(pa.array(iso), "T", " ").to_pylist()
         return texts
 
+    def micros(self, values: Sequence[Any]) -> np.ndarray:
+        """Stored instants (as the driver returned them) as naive-UTC microseconds."""
+        if self.sqlite:
+            stamps = pa.array(values, pa.string()).cast(pa.timestamp("us"))
+        else:
+            stamps = pa.array(values, pa.timestamp("us", tz="UTC"))
+        return np.asarray(stamps.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    def times_of_micros(self, micros: np.ndarray) -> list[Any]:
+        """Naive-UTC microseconds as the driver should receive them (``time`` in bulk)."""
+        if not self.sqlite:
+            return [at.replace(tzinfo=UTC) for at in micros.astype("datetime64[us]").tolist()]
+        # Arrow's cast spells a timestamp exactly as stored: "YYYY-MM-DD HH:MM:SS.ffffff".
+        texts: list[Any] = pa.array(micros, pa.timestamp("us")).cast(pa.string()).to_pylist()
+        return texts
+
     def read_time(self, value: Any) -> datetime:
         """A stored instant back as an aware UTC datetime."""
         if isinstance(value, str):
@@ -120,6 +136,64 @@ class BulkSql:
             return
         marks = ", ".join("?" for _ in columns)
         self.many(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
+    def insert_new(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: list[tuple[Any, ...]],
+        temp_types: Sequence[str] = (),
+    ) -> None:
+        """Insert ``rows``, skipping those a unique index already holds.
+
+        SQLite: ``executemany`` of ``INSERT … ON CONFLICT DO NOTHING``; PostgreSQL:
+        ``COPY`` into a temporary table (columns of ``temp_types``) and one
+        ``INSERT … SELECT … ON CONFLICT DO NOTHING``.
+        """
+        if not rows:
+            return
+        names = ", ".join(columns)
+        if self.sqlite or len(rows) <= 200:
+            marks = ", ".join("?" for _ in columns)
+            self.many(
+                f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING", rows
+            )
+            return
+        temp = f"zy_new_{table}"
+        spec = ", ".join(f"{c} {t}" for c, t in zip(columns, temp_types, strict=True))
+        self.conn.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {temp} ({spec}) ON COMMIT DROP"
+        )
+        self.conn.exec_driver_sql(f"TRUNCATE {temp}")
+        self._copy(temp, columns, rows)
+        self.conn.exec_driver_sql(
+            f"INSERT INTO {table} ({names}) SELECT {names} FROM {temp} ON CONFLICT DO NOTHING"
+        )
+
+    def update_seen(self, rows: list[tuple[Any, ...]]) -> None:
+        """Set ``(first_seen, last_seen)`` of identifier ``(kind, value)`` per row.
+
+        The owner is not named, so the ``one_id`` index is left alone (SQLite) and
+        PostgreSQL can update in place (HOT).
+        """
+        if not rows:
+            return
+        if self.sqlite or len(rows) <= 200:
+            self.many(
+                "UPDATE identifiers SET first_seen = ?, last_seen = ? WHERE kind = ? AND value = ?",
+                rows,
+            )
+            return
+        self.conn.exec_driver_sql(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS zy_seen_updates (first_seen timestamptz, "
+            "last_seen timestamptz, kind text, value text) ON COMMIT DROP"
+        )
+        self.conn.exec_driver_sql("TRUNCATE zy_seen_updates")
+        self._copy("zy_seen_updates", ("first_seen", "last_seen", "kind", "value"), rows)
+        self.conn.exec_driver_sql(
+            "UPDATE identifiers AS i SET first_seen = u.first_seen, last_seen = u.last_seen "
+            "FROM zy_seen_updates AS u WHERE i.kind = u.kind AND i.value = u.value"
+        )
 
     def update_identifiers(self, rows: list[tuple[Any, ...]]) -> None:
         """Set ``(one_id, first_seen, last_seen)`` of identifier ``(kind, value)`` per row."""

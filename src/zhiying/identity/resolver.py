@@ -345,10 +345,13 @@ def _all_new_within_limits(resolver: Resolver, idents: tuple[Ident, ...]) -> boo
 
 
 def _broken_limit(limits: Mapping[str, str], held: Mapping[str, str]) -> str | None:
-    for kind, value in held.items():
+    # Kinds in their fixed order, so the rule named never depends on how ``held``
+    # was built (the set-based path relies on a user_id clash naming one_user_id).
+    for kind, rule in LIMITED_KINDS.items():
+        value = held.get(kind)
         have = limits.get(kind)
-        if have is not None and have != value:
-            return LIMITED_KINDS[kind]
+        if value is not None and have is not None and have != value:
+            return rule
     return None
 
 

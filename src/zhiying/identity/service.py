@@ -24,16 +24,20 @@ import base64
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from zhiying.errors import NotFound, ValidationFailed
-from zhiying.identity.batch import collapse
+from zhiying.identity import setwise
+from zhiying.identity.batch import TupleColumns, _enc, collapse, observations, tuple_columns
 from zhiying.identity.bulk import BulkSql
 from zhiying.identity.cache import LAST_SEEN_STEP, IdentityCache, Seen
 from zhiying.identity.identifiers import (
@@ -43,7 +47,9 @@ from zhiying.identity.identifiers import (
     parse_ref,
 )
 from zhiying.identity.resolver import (
+    _CUSTOM_RANK,
     LIMITED_KINDS,
+    PRECEDENCE,
     Ident,
     KnownOneId,
     Observation,
@@ -55,6 +61,9 @@ from zhiying.store.tables import merges as merges_table
 
 LIST_CHUNK: Final = 50_000
 """Values per list parameter (one array / JSON text each): bounds statement size."""
+
+SET_BASED_ROWS: Final = 20_000
+"""Batches from this many rows are resolved set-based (``identity.setwise``)."""
 
 _ADVISORY_LOCK_KEY: Final = 0x7A68_6979  # "zhiy": serialises resolvers on PostgreSQL
 
@@ -79,6 +88,8 @@ class Resolution:
     conflicts: int
     cache_entries: dict[Ident, Seen] = field(default_factory=dict, repr=False)
     generation: int = 0
+    residual: int | None = None
+    """Set-based batches: distinct tuples that went through the rules one by one."""
 
 
 def new_one_id() -> str:
@@ -195,7 +206,12 @@ def _load(
 
 
 def resolve_events(
-    conn: Connection, events: pa.Table, now: datetime, cache: IdentityCache | None = None
+    conn: Connection,
+    events: pa.Table,
+    now: datetime,
+    cache: IdentityCache | None = None,
+    *,
+    set_based: bool | None = None,
 ) -> Resolution:
     """Assign a ONE_ID to every row of ``events`` (warehouse EVENTS columns).
 
@@ -208,12 +224,26 @@ def resolve_events(
     coarsened ``first_seen``/``last_seen`` update; the caller applies
     ``Resolution.cache_entries`` after committing (``zhiying.identity.cache``).
     Every merge increments the store's merge generation in this transaction.
+
+    Batches of at least ``SET_BASED_ROWS`` rows (or any batch with
+    ``set_based=True``) are resolved set-based (``identity.setwise``): the same
+    ONE_IDs, merges and conflicts, with only the tuples that need the rules one
+    by one going through the ``Resolver``. That path neither reads nor fills
+    the cache (a bulk import would only churn it); its merges still move the
+    generation, so the cache stays valid.
     """
     if events.num_rows == 0:
         return Resolution(pa.array([], pa.string()), [], 0, 0)
     db = BulkSql(conn)
     _serialise(conn)
     generation = _generation(db)
+    if set_based is None:
+        set_based = events.num_rows >= SET_BASED_ROWS
+    if set_based:
+        if cache is not None:
+            cache.sync(generation)
+        with _big_page_cache(db):
+            return _resolve_set_based(db, events, now, generation)
     tuples = collapse(events, now)
     observations = tuples.observations
 
@@ -376,29 +406,26 @@ def _write(
     return sorted(aliases.items()), entries
 
 
+_CONFLICT_COLUMNS: Final = (
+    "one_id",
+    "other_one_id",
+    "kind",
+    "value",
+    "rule",
+    "message_id",
+    "seen_at",
+)
+_CONFLICT_TYPES: Final = ("text", "text", "text", "text", "text", "text", "timestamptz")
+
+
 def _record_conflicts(db: BulkSql, resolver: Resolver) -> None:
     """One row per (ONE_ID, other ONE_ID, identifier, rule): repeats are not recorded again."""
     rows: dict[tuple[str, str, str, str, str], tuple[Any, ...]] = {}
     for c in resolver.conflicts:
         key = (resolver.find(c.one_id), resolver.find(c.other_one_id), c.kind, c.value, c.rule)
         rows.setdefault(key, (*key, c.message_id, db.time(c.seen_at)))
-    if not rows:
-        return
-    existing: set[tuple[Any, ...]] = set()
-    for chunk in _chunks(sorted({k[0] for k in rows}), LIST_CHUNK):
-        test, param = db.in_values(chunk)
-        existing.update(
-            db.fetch(
-                "SELECT one_id, other_one_id, kind, value, rule FROM identity_conflicts "
-                f"WHERE one_id {test}",
-                (param,),
-            )
-        )
-    db.insert(
-        "identity_conflicts",
-        ("one_id", "other_one_id", "kind", "value", "rule", "message_id", "seen_at"),
-        [row for key, row in rows.items() if key not in existing],
-    )
+    # The unique index uq_identity_conflicts_pair keeps the first recording.
+    db.insert_new("identity_conflicts", _CONFLICT_COLUMNS, list(rows.values()), _CONFLICT_TYPES)
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -521,3 +548,440 @@ def conflicts_of(conn: Connection, ids: Sequence[str]) -> list[ConflictRow]:
         ConflictRow(r.one_id, r.other_one_id, r.kind, r.value, r.rule, r.message_id, r.seen_at)
         for r in rows
     ]
+
+
+# --- set-based resolution of large batches ----------------------------------------------
+
+
+_PAGE_CACHE_KIB: Final = 262_144
+
+
+@contextmanager
+def _big_page_cache(db: BulkSql) -> Iterator[None]:
+    """SQLite: a 256 MiB page cache for this batch (the default is 2 MiB).
+
+    Hundreds of thousands of inserts into the identifier and ONE_ID indexes
+    touch pages all over them; with the default cache most of those are
+    re-read from the file, which made the inserts several times slower.
+    """
+    if not db.sqlite:
+        yield
+        return
+    before = db.fetch("PRAGMA cache_size", ())[0][0]
+    db.conn.exec_driver_sql(f"PRAGMA cache_size = -{_PAGE_CACHE_KIB}")
+    try:
+        yield
+    finally:
+        db.conn.exec_driver_sql(f"PRAGMA cache_size = {int(before)}")
+
+
+def _mint_many(count: int) -> list[str]:
+    """``count`` fresh ONE_IDs (``new_one_id`` form) from one random draw."""
+    if count == 0:
+        return []
+    raw = np.frombuffer(
+        base64.b32encode(secrets.token_bytes(15 * count)).lower(), dtype="S24"
+    ).astype("S20")
+    ids: list[str] = pc.binary_join_element_wise("u_", pa.array(raw.astype(str)), "").to_pylist()
+    return ids
+
+
+@dataclass
+class _Known:
+    """Stored facts about a batch's identifiers, aligned with the identifier numbers."""
+
+    owner: np.ndarray  # index into ``one_ids`` or -1
+    raw_owner: list[str | None]  # as stored (before following merged_into)
+    first: np.ndarray  # µs, stored first_seen (unknown: 0)
+    last: np.ndarray
+    one_ids: list[str]  # live stored owners
+    created: list[Any]  # their created_at, driver form
+    limited: dict[str, dict[str, str]]
+
+
+def _known(db: BulkSql, kinds: pa.Array, values: pa.Array) -> _Known:
+    """Look up every identifier (one list query per kind), then their owners."""
+    n = len(kinds)
+    found: list[tuple[str, str, str, Any, Any]] = []
+    for kind in pc.unique(kinds).to_pylist():
+        wanted = values.filter(pc.equal(kinds, kind)).to_pylist()
+        for chunk in _chunks(wanted, LIST_CHUNK):
+            test, param = db.in_values(chunk)
+            found.extend(
+                (kind, *row)
+                for row in db.fetch(
+                    "SELECT value, one_id, first_seen, last_seen FROM identifiers "
+                    f"WHERE kind = ? AND value {test}",
+                    (kind, param),
+                )
+            )
+    raw_owner: list[str | None] = [None] * n
+    first = np.zeros(n, dtype=np.int64)
+    last = np.zeros(n, dtype=np.int64)
+    if found:
+        k, v, o, f, la = (list(c) for c in zip(*found, strict=True))
+        probe = pa.table({"kind": pa.array(k, pa.string()), "value": pa.array(v, pa.string())})
+        probe = probe.append_column("at", pa.array(np.arange(len(k))))
+        ident = pa.table({"kind": kinds, "value": values, "ident": pa.array(np.arange(n))})
+        joined = probe.join(ident, ["kind", "value"])
+        at = joined.column("at").to_numpy()
+        to = joined.column("ident").to_numpy()
+        first[to] = db.micros(f)[at]
+        last[to] = db.micros(la)[at]
+        owners_found = np.array(o, dtype=object)[at]
+        for i, owner in zip(to.tolist(), owners_found.tolist(), strict=True):
+            raw_owner[i] = owner
+    distinct = sorted({o for o in raw_owner if o is not None})
+    created: dict[str, Any] = {}
+    redirect: dict[str, str] = {}
+
+    def read_one_ids(ids: list[str]) -> None:
+        for chunk in _chunks(ids, LIST_CHUNK):
+            test, param = db.in_values(chunk)
+            for one_id, created_at, merged_into in db.fetch(
+                f"SELECT one_id, created_at, merged_into FROM one_ids WHERE one_id {test}",
+                (param,),
+            ):
+                created[one_id] = created_at
+                if merged_into is not None:
+                    redirect[one_id] = merged_into
+
+    read_one_ids(distinct)
+    if redirect:
+        # Repair a store written before the invariant held: follow to the owner.
+        read_one_ids(sorted(set(redirect.values()) - created.keys()))
+    live = sorted({redirect.get(o, o) for o in distinct})
+    missing = [o for o in live if o not in created]
+    if missing:
+        raise ValueError(f"identifiers point at unknown ONE_IDs, e.g. {missing[0]}")
+    index = {o: i for i, o in enumerate(live)}
+    owner = np.array(
+        [-1 if o is None else index[redirect.get(o, o)] for o in raw_owner], dtype=np.int64
+    )
+    limited: dict[str, dict[str, str]] = defaultdict(dict)
+    kinds_sql = ", ".join(f"'{k}'" for k in LIMITED_KINDS)
+    kind_column = "+kind" if db.sqlite else "kind"  # see ``_load``
+    for chunk in _chunks(live, LIST_CHUNK):
+        test, param = db.in_values(chunk)
+        for one_id, kind, value in db.fetch(
+            f"SELECT one_id, kind, value FROM identifiers WHERE one_id {test} "
+            f"AND {kind_column} IN ({kinds_sql})",
+            (param,),
+        ):
+            limited[one_id][kind] = value
+    return _Known(owner, raw_owner, first, last, live, [created[o] for o in live], limited)
+
+
+def _precedence_rank(kinds: pa.Array, values: pa.Array) -> np.ndarray:
+    """Each identifier's place in ``precedence`` order (0 = strongest), all distinct."""
+    ranks = pa.array([PRECEDENCE.get(k, _CUSTOM_RANK) for k in pc.unique(kinds).to_pylist()])
+    rank_of = pc.take(ranks, pc.index_in(kinds, value_set=pc.unique(kinds)))
+    indices = pc.sort_indices(
+        pa.table({"r": rank_of, "k": kinds, "v": values}),
+        sort_keys=[("r", "ascending"), ("k", "ascending"), ("v", "ascending")],
+    ).to_numpy()
+    rank = np.empty(len(kinds), dtype=np.int64)
+    rank[indices] = np.arange(len(kinds))
+    return rank
+
+
+def _resolve_set_based(db: BulkSql, events: pa.Table, now: datetime, generation: int) -> Resolution:
+    """``resolve_events`` for a large batch (see ``identity.setwise``)."""
+    cols = tuple_columns(events, now)
+    n = cols.n
+    prev = cols.previous_id
+    alias_t = _present_at(prev)
+    is_alias = np.zeros(n, dtype=bool)
+    is_alias[alias_t] = True
+    prev_values = prev.take(pa.array(alias_t)).cast(pa.string())
+    n_flat = len(cols.flat_tuple)
+    all_kinds = pa.concat_arrays(
+        [
+            cols.flat_kind,
+            pa.array([USER_ID] * len(alias_t), pa.string()),
+            pa.array([ANONYMOUS_ID] * len(alias_t), pa.string()),
+        ]
+    )
+    all_values = pa.concat_arrays([cols.flat_value, prev_values, prev_values])
+    encoded = (
+        pc.dictionary_encode(pc.binary_join_element_wise(_enc(all_kinds), _enc(all_values), ""))
+        .indices.to_numpy(zero_copy_only=False)
+        .astype(np.int64)
+    )
+    _, first_row = np.unique(encoded, return_index=True)
+    taken = pa.array(first_row)
+    kinds, values = all_kinds.take(taken), all_values.take(taken)
+    flat_ident = encoded[:n_flat]
+    alias_ident = encoded[n_flat:]
+    alias_tuple = np.concatenate([alias_t, alias_t])
+
+    known = _known(db, kinds, values)
+    limit_code = {k: i + 1 for i, k in enumerate(LIMITED_KINDS)}
+    limit = np.array([limit_code.get(k, 0) for k in kinds.to_pylist()], dtype=np.int64)
+    anchored = np.array([USER_ID in known.limited.get(o, {}) for o in known.one_ids], dtype=bool)
+    decided = setwise.plan(
+        setwise.Batch(
+            n_tuples=n,
+            flat_tuple=cols.flat_tuple,
+            flat_ident=flat_ident,
+            alias_tuple=alias_tuple,
+            alias_ident=alias_ident,
+            is_alias=is_alias,
+            limit=limit,
+            is_user=pc.equal(kinds, USER_ID).to_numpy(zero_copy_only=False),
+            rank=_precedence_rank(kinds, values),
+            owner=known.owner,
+            anchored=anchored,
+            first_at=cols.first_at,
+        )
+    )
+
+    # The residual, one by one, on the stored state of its identifiers.
+    residual = decided.residual
+    in_residual = np.zeros(n, dtype=bool)
+    in_residual[residual] = True
+    r_rows = np.concatenate(
+        [flat_ident[in_residual[cols.flat_tuple]], alias_ident[in_residual[alias_tuple]]]
+    )
+    r_idents = np.unique(r_rows)
+    kind_list, value_list = kinds.to_pylist(), values.to_pylist()
+    resolver = Resolver(new_id=_Minter())
+    r_owners: dict[Ident, str] = {}
+    r_known: dict[str, KnownOneId] = {}
+    for i in r_idents.tolist():
+        o = int(known.owner[i])
+        if o >= 0:
+            one_id = known.one_ids[o]
+            r_owners[(kind_list[i], value_list[i])] = one_id
+            if one_id not in r_known:
+                r_known[one_id] = KnownOneId(
+                    created_at=db.read_time(known.created[o]),
+                    limited=known.limited.get(one_id, {}),
+                )
+    resolver.load(r_owners, r_known)
+    r_targets = [resolver.observe(obs) for obs in observations(cols, residual)]
+
+    # Every tuple's ONE_ID, current as of the end of the batch.
+    minted = _mint_many(len(decided.mint_created))
+    holders = [resolver.find(o) for o in known.one_ids] + minted
+    per_tuple: list[str | None] = [None] * n
+    static = np.flatnonzero(decided.target >= 0)
+    for t, code in zip(static.tolist(), decided.target[static].tolist(), strict=True):
+        per_tuple[t] = holders[code]
+    for t, target in zip(residual.tolist(), r_targets, strict=True):
+        per_tuple[t] = None if target is None else resolver.find(target)
+
+    aliases, n_conflicts = _write_set_based(
+        db, cols, known, decided, resolver, minted, holders, flat_ident, alias_ident, kinds, values
+    )
+    if resolver.merges:
+        db.conn.exec_driver_sql(_GENERATION_BUMP)
+        generation += 1
+    return Resolution(
+        one_ids=pa.array(per_tuple, pa.string()).take(cols.codes),
+        aliases=aliases,
+        merges=len(resolver.merges),
+        conflicts=n_conflicts,
+        generation=generation,
+        residual=len(residual),
+    )
+
+
+def _present_at(values: pa.Array) -> np.ndarray:
+    ok = pc.fill_null(pc.greater(pc.utf8_length(values), 0), False)
+    return np.flatnonzero(ok.to_numpy(zero_copy_only=False))
+
+
+def _write_set_based(
+    db: BulkSql,
+    cols: TupleColumns,
+    known: _Known,
+    decided: setwise.Plan,
+    resolver: Resolver,
+    minted: list[str],
+    holders: list[str],
+    flat_ident: np.ndarray,
+    alias_ident: np.ndarray,
+    kinds: pa.Array,
+    values: pa.Array,
+) -> tuple[list[tuple[str, str]], int]:
+    """Persist a set-based batch; returns the closed alias pairs (as ``_write``) and
+    the number of distinct conflicts met."""
+    merged_at = {m.loser: m.merged_at for m in resolver.merges}
+    aliases: dict[str, str] = {}
+
+    # ONE_IDs: the static path's (one per NEW component), then the resolver's.
+    rows: list[tuple[Any, ...]] = list(
+        zip(
+            minted,
+            db.times_of_micros(decided.mint_created),
+            [None] * len(minted),
+            [None] * len(minted),
+            strict=True,
+        )
+    )
+    r_minted = resolver.new_one_ids
+    for one_id, created_at in zip(r_minted, db.times(list(r_minted.values())), strict=True):
+        now_in = resolver.find(one_id)
+        if now_in == one_id:
+            rows.append((one_id, created_at, None, None))
+        else:
+            rows.append((one_id, created_at, now_in, db.time(merged_at[one_id])))
+            aliases[one_id] = now_in
+    rows.sort()  # in key order: index pages are filled one after the other
+    db.insert("one_ids", ("one_id", "created_at", "merged_into", "merged_at"), rows)
+
+    old_losers = {o: resolver.find(o) for o in resolver.merged_away if resolver.is_loaded(o)}
+    if old_losers:
+        for chunk in _chunks(sorted(old_losers), LIST_CHUNK):
+            test, param = db.in_values(chunk)
+            for one_id, merged_into in db.fetch(
+                f"SELECT one_id, merged_into FROM one_ids WHERE merged_into {test}", (param,)
+            ):
+                aliases[one_id] = old_losers[merged_into]
+        pairs = [(w, lo) for lo, w in old_losers.items()]
+        db.many("UPDATE one_ids SET merged_into = ? WHERE merged_into = ?", pairs)
+        db.many(
+            "UPDATE one_ids SET merged_into = ?, merged_at = ? WHERE one_id = ?",
+            [(w, db.time(merged_at[lo]), lo) for lo, w in old_losers.items()],
+        )
+        db.many("UPDATE identifiers SET one_id = ? WHERE one_id = ?", pairs)
+        aliases.update(old_losers)
+
+    # Seen times of every identifier: its tuples' first/last, then the resolver's
+    # (which adds the identifier an alias's previousId was read as).
+    n_idents = len(kinds)
+    in_residual = decided.klass == setwise.RESIDUAL
+    big = np.iinfo(np.int64).max
+    first = np.full(n_idents, big, dtype=np.int64)
+    last = np.full(n_idents, np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(first, flat_ident, cols.first_at[cols.flat_tuple])
+    np.maximum.at(last, flat_ident, cols.last_at[cols.flat_tuple])
+    owner_of: list[str | None] = [None] * n_idents
+    for i, code in zip(decided.assign_ident.tolist(), decided.assign_target.tolist(), strict=True):
+        owner_of[i] = holders[code]
+    if resolver.seen:
+        # Only residual tuples' identifiers are in the resolver.
+        in_r = np.unique(np.concatenate([flat_ident[in_residual[cols.flat_tuple]], alias_ident]))
+        at = pa.array(in_r)
+        number = dict(
+            zip(
+                zip(kinds.take(at).to_pylist(), values.take(at).to_pylist(), strict=True),
+                in_r.tolist(),
+                strict=True,
+            )
+        )
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        for ident, (f, la) in resolver.seen.items():
+            i = number[ident]
+            first[i] = min(first[i], (f - epoch) // _MICRO)
+            last[i] = max(last[i], (la - epoch) // _MICRO)
+            if known.owner[i] < 0:
+                owner_of[i] = resolver.owner(ident)
+    seen = first != big
+    stored = known.owner >= 0
+    for i in np.flatnonzero(stored).tolist():
+        owner_of[i] = holders[known.owner[i]]
+
+    kind_list, value_list = kinds.to_pylist(), values.to_pylist()
+    new_rows = _key_order(kinds, values, np.flatnonzero(seen & ~stored))
+    f_text = db.times_of_micros(first[new_rows])
+    l_text = db.times_of_micros(last[new_rows])
+    db.insert(
+        "identifiers",
+        ("kind", "value", "one_id", "first_seen", "last_seen"),
+        [
+            (kind_list[i], value_list[i], owner_of[i], f, la)
+            for i, f, la in zip(new_rows.tolist(), f_text, l_text, strict=True)
+        ],
+    )
+    moved_first = np.minimum(first, known.first)
+    moved_last = np.maximum(last, known.last)
+    changed = seen & stored & ((moved_first != known.first) | (moved_last != known.last))
+    owner_changed = np.zeros(n_idents, dtype=bool)
+    for i in np.flatnonzero(seen & stored).tolist():
+        owner_changed[i] = owner_of[i] != known.raw_owner[i]
+    upd = _key_order(kinds, values, np.flatnonzero(changed | owner_changed))
+    firsts, lasts = db.times_of_micros(moved_first[upd]), db.times_of_micros(moved_last[upd])
+    moves = owner_changed[upd].tolist()
+    db.update_identifiers(
+        [
+            (owner_of[i], f, la, kind_list[i], value_list[i])
+            for i, f, la, move in zip(upd.tolist(), firsts, lasts, moves, strict=True)
+            if move
+        ]
+    )
+    db.update_seen(
+        [
+            (f, la, kind_list[i], value_list[i])
+            for i, f, la, move in zip(upd.tolist(), firsts, lasts, moves, strict=True)
+            if not move
+        ]
+    )
+    db.insert(
+        "identity_merges",
+        ("winner", "loser", "kind", "value", "reason", "message_id", "merged_at"),
+        [
+            (m.winner, m.loser, m.kind, m.value, m.reason, m.message_id, db.time(m.merged_at))
+            for m in resolver.merges
+        ],
+    )
+
+    # Conflicts: the static ones and the resolver's, each key's first occurrence (in
+    # time order) kept. Static rows come in tuple order: np.unique keeps the first.
+    c_key = np.stack(
+        [decided.target[decided.conflict_tuple], decided.conflict_other, decided.conflict_ident]
+    )
+    _, once = np.unique(c_key, axis=1, return_index=True)
+    once.sort()
+    c_t = decided.conflict_tuple[once]
+    recorded: dict[tuple[str, str, str, str, str], tuple[tuple[int, int], tuple[Any, ...]]] = {}
+    for t, at_us, code, o, i, m, at in zip(
+        c_t.tolist(),
+        cols.first_at[c_t].tolist(),
+        decided.target[c_t].tolist(),
+        decided.conflict_other[once].tolist(),
+        decided.conflict_ident[once].tolist(),
+        cols.message_id.take(pa.array(c_t)).to_pylist(),
+        db.times_of_micros(cols.first_at[c_t]),
+        strict=True,
+    ):
+        key = (holders[code], holders[o], kind_list[i], value_list[i], "one_user_id")
+        recorded[key] = ((at_us, t), (*key, m, at))
+    if resolver.conflicts:
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        residual = decided.residual
+        tuple_of: dict[str, int] = {}
+        for t, m in zip(
+            reversed(residual.tolist()),
+            reversed(cols.message_id.take(pa.array(residual)).to_pylist()),
+            strict=True,
+        ):
+            tuple_of[m] = t  # the earliest tuple of a message id wins
+        for c in resolver.conflicts:
+            key = (resolver.find(c.one_id), resolver.find(c.other_one_id), c.kind, c.value, c.rule)
+            order = ((c.seen_at - epoch) // _MICRO, tuple_of.get(c.message_id, -1))
+            have = recorded.get(key)
+            if have is None or order < have[0]:
+                recorded[key] = (order, (*key, c.message_id, db.time(c.seen_at)))
+    db.insert_new(
+        "identity_conflicts",
+        _CONFLICT_COLUMNS,
+        sorted(row for _, row in recorded.values()),
+        _CONFLICT_TYPES,
+    )
+    return sorted(aliases.items()), len(recorded)
+
+
+_MICRO: Final = timedelta(microseconds=1)
+
+
+def _key_order(kinds: pa.Array, values: pa.Array, rows: np.ndarray) -> np.ndarray:
+    """``rows`` sorted by (kind, value): writes walk the primary key's pages in order."""
+    at = pa.array(rows)
+    order = pc.sort_indices(
+        pa.table({"k": kinds.take(at), "v": values.take(at)}),
+        sort_keys=[("k", "ascending"), ("v", "ascending")],
+    ).to_numpy()
+    ordered: np.ndarray = rows[order]
+    return ordered
