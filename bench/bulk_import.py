@@ -5,8 +5,10 @@
 ``--skip-store`` measures read + map + validate only (no ``store_events``), the part
 the bulk importer owns; without it each format is also imported end to end.
 
-Generates N events (≈ 200k users; 55 % track with products on orders, 35 % page,
-10 % identify with an e-mail trait) into a temporary directory as Parquet and as
+Generates N events (≈ 200k users with one or two devices each; 55 % track with products
+on orders, 35 % page, 10 % identify with an e-mail trait; 20 % of tracks and pages come
+from a user's device before login, so they carry only the anonymousId and merge into
+the user when the device's login is seen) into a temporary directory as Parquet and as
 JSONL, imports each into a fresh store through ``zhiying.ingest.bulk.import_file``
 and prints events/s. Printed beside them, measured in the same run:
 
@@ -55,7 +57,7 @@ def generate(n: int, out: Path) -> tuple[Path, Path]:
                WHEN r < 0.55 THEN 'Product Added' END AS event,
           CASE WHEN r >= 0.55 AND r < 0.9 THEN 'Home' END AS name,
           CASE WHEN r >= 0.9 OR h % 10 < 8 THEN uid END AS userId,
-          'anon-' || (h % 400000) AS anonymousId,
+          'anon-' || uid || '-' || (h % 2) AS anonymousId,
           strftime(TIMESTAMP '2026-01-01' + to_seconds((h % 25000000)::BIGINT),
                    '%Y-%m-%dT%H:%M:%S.000Z') AS timestamp,
           CASE WHEN r < 0.05 THEN json_object(
