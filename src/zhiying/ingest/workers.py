@@ -125,8 +125,10 @@ def answer(request: bytes) -> bytes:
         )
     except BadBody as exc:
         return pickle.dumps(("bad", (exc.message, exc.field)), protocol=5)
-    except Exception:  # a bug: the caller re-runs the body inline, where it surfaces
-        return pickle.dumps(("error", traceback.format_exc()), protocol=5)
+    except Exception as exc:  # a bug: the caller re-runs the body inline, where it surfaces
+        # Frames and the exception type only: the message may quote the body (PII).
+        where = "".join(traceback.format_tb(exc.__traceback__))
+        return pickle.dumps(("error", f"{where}{type(exc).__name__}"), protocol=5)
     finally:
         gc.enable()
     return pickle.dumps(("ok", (table_to_ipc(prepared.events), prepared.rejected)), protocol=5)
