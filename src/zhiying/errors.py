@@ -5,6 +5,7 @@ They are mapped to HTTP (RFC 9457 problem details) once, in ``zhiying.api``.
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 
@@ -41,3 +42,13 @@ class StoreBusy(ZhiyingError):
 
     code = "store_busy"
     status = 503
+
+
+def redacted(exc: BaseException) -> str:
+    """``exc`` for a log line: its frames and type, never its message.
+
+    A store's error message can quote the row it failed on (a phone number, an
+    e-mail), and logs must not carry PII; the frames say where it happened.
+    """
+    where = "".join(traceback.format_tb(exc.__traceback__))
+    return f"{type(exc).__name__}\n{where}".rstrip()

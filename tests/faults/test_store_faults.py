@@ -163,7 +163,7 @@ def client(stores: Stores) -> Iterator[TestClient]:
 
 
 def test_http_batch_answers_503_when_storing_fails_and_the_client_retry_lands_once(
-    stores: Stores, client: TestClient, clock: ManualClock
+    stores: Stores, client: TestClient, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock.set(datetime(2026, 11, 1, 9, 0, tzinfo=UTC))  # the messages are from 08:59
     key = create_key(stores.engine, "write", stores.clock.now(), "app")
@@ -172,6 +172,9 @@ def test_http_batch_answers_503_when_storing_fails_and_the_client_retry_lands_on
     failed = client.post("/v1/batch", json=body, headers=basic(key))
     assert failed.status_code == 503
     assert failed.headers["Retry-After"] == "1"
+    # Logged with its type and frames, not the store's message (which can quote a row).
+    assert "storing 10 events failed: WarehouseError" in caplog.text
+    assert "does not exist" not in caplog.text  # DuckDB's message names what it failed on
     stores.warehouse.execute("ALTER TABLE events_away RENAME TO events")
     assert _events(stores) == 0
 

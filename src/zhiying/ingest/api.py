@@ -37,7 +37,7 @@ from starlette.responses import Response
 
 from zhiying.api.deps import StoresDep, basic_user, check_write_key
 from zhiying.api.problems import problem
-from zhiying.errors import ZhiyingError
+from zhiying.errors import ZhiyingError, redacted
 from zhiying.ingest.models import MAX_BATCH_BYTES, MAX_EVENT_BYTES, Rejection
 from zhiying.ingest.pipeline import store_events
 from zhiying.ingest.prepare import BadBody, Prepared, parse_body, prepare_body, prepare_payload
@@ -296,8 +296,8 @@ async def _store(request: Request, stores: Stores, events: pa.Table) -> Written:
     # No writer (an app used without its lifespan, e.g. a bare TestClient): store inline.
     try:
         result = await run_in_threadpool(store_events, stores, events)
-    except Exception:
-        log.exception("storing %d events failed", events.num_rows)
+    except Exception as exc:
+        log.error("storing %d events failed: %s", events.num_rows, redacted(exc))
         raise
     return Written(inserted=result.inserted, duplicates=result.duplicates)
 

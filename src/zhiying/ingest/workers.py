@@ -40,7 +40,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -48,6 +47,7 @@ from typing import IO, Any, Final
 
 import pyarrow as pa
 
+from zhiying.errors import redacted
 from zhiying.ingest.models import Rejection
 from zhiying.ingest.prepare import BadBody, Prepared, prepare_body
 
@@ -126,9 +126,7 @@ def answer(request: bytes) -> bytes:
     except BadBody as exc:
         return pickle.dumps(("bad", (exc.message, exc.field)), protocol=5)
     except Exception as exc:  # a bug: the caller re-runs the body inline, where it surfaces
-        # Frames and the exception type only: the message may quote the body (PII).
-        where = "".join(traceback.format_tb(exc.__traceback__))
-        return pickle.dumps(("error", f"{where}{type(exc).__name__}"), protocol=5)
+        return pickle.dumps(("error", redacted(exc)), protocol=5)
     finally:
         gc.enable()
     return pickle.dumps(("ok", (table_to_ipc(prepared.events), prepared.rejected)), protocol=5)

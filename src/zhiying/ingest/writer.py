@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from zhiying.errors import ZhiyingError
+from zhiying.errors import ZhiyingError, redacted
 from zhiying.ingest.models import Row, rows_to_table
 from zhiying.ingest.pipeline import StoreResult, store_events
 from zhiying.ingest.workers import Validators
@@ -176,7 +176,7 @@ class EventWriter:
             table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
             result = self._store(self._stores, table)
         except BaseException as exc:  # every waiting request must hear about it
-            log.exception("storing %d events failed", count)
+            log.error("storing %d events failed: %s", count, redacted(exc))
             for job in jobs:
                 job.future.set_exception(exc)
         else:
