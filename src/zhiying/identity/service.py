@@ -327,6 +327,49 @@ def _cached_owner(cache: IdentityCache, obs: Observation, touched: dict[Ident, S
     return owner
 
 
+def _resolver_one_id_rows(
+    db: BulkSql, resolver: Resolver, merged_at: dict[str, datetime], aliases: dict[str, str]
+) -> list[tuple[Any, ...]]:
+    """``one_ids`` rows of the ONE_IDs the resolver minted; those already merged
+    away point at their owner and are added to ``aliases``."""
+    rows: list[tuple[Any, ...]] = []
+    minted = resolver.new_one_ids
+    for one_id, created_at in zip(minted, db.times(list(minted.values())), strict=True):
+        now_in = resolver.find(one_id)
+        if now_in == one_id:
+            rows.append((one_id, created_at, None, None))
+        else:
+            rows.append((one_id, created_at, now_in, db.time(merged_at[one_id])))
+            aliases[one_id] = now_in
+    return rows
+
+
+def _repoint_stored_losers(
+    db: BulkSql, resolver: Resolver, merged_at: dict[str, datetime], aliases: dict[str, str]
+) -> dict[str, str]:
+    """Stored ONE_IDs that lost a merge now point at the winner, and so do the
+    ONE_IDs that had earlier merged into them; all of them are added to ``aliases``.
+    Returns the stored losers with their winners."""
+    old_losers = {o: resolver.find(o) for o in resolver.merged_away if resolver.is_loaded(o)}
+    if not old_losers:
+        return old_losers
+    for chunk in _chunks(sorted(old_losers), LIST_CHUNK):
+        test, param = db.in_values(chunk)
+        for one_id, merged_into in db.fetch(
+            f"SELECT one_id, merged_into FROM one_ids WHERE merged_into {test}", (param,)
+        ):
+            aliases[one_id] = old_losers[merged_into]
+    pairs = [(w, lo) for lo, w in old_losers.items()]
+    db.many("UPDATE one_ids SET merged_into = ? WHERE merged_into = ?", pairs)
+    db.many(
+        "UPDATE one_ids SET merged_into = ?, merged_at = ? WHERE one_id = ?",
+        [(w, db.time(merged_at[lo]), lo) for lo, w in old_losers.items()],
+    )
+    db.many("UPDATE identifiers SET one_id = ? WHERE one_id = ?", pairs)
+    aliases.update(old_losers)
+    return old_losers
+
+
 def _write(
     db: BulkSql, resolver: Resolver, stored: dict[Ident, _Stored], collect: bool
 ) -> tuple[list[tuple[str, str]], dict[Ident, Seen]]:
@@ -336,34 +379,9 @@ def _write(
     merged_at = {m.loser: m.merged_at for m in resolver.merges}
     aliases: dict[str, str] = {}
 
-    new_rows: list[tuple[Any, ...]] = []
-    minted = resolver.new_one_ids
-    for one_id, created_at in zip(minted, db.times(list(minted.values())), strict=True):
-        now_in = resolver.find(one_id)
-        if now_in == one_id:
-            new_rows.append((one_id, created_at, None, None))
-        else:
-            new_rows.append((one_id, created_at, now_in, db.time(merged_at[one_id])))
-            aliases[one_id] = now_in
+    new_rows = _resolver_one_id_rows(db, resolver, merged_at, aliases)
     db.insert("one_ids", ("one_id", "created_at", "merged_into", "merged_at"), new_rows)
-
-    old_losers = {o: resolver.find(o) for o in resolver.merged_away if resolver.is_loaded(o)}
-    if old_losers:
-        # Earlier losers of a ONE_ID that lost now point at the new owner.
-        for chunk in _chunks(sorted(old_losers), LIST_CHUNK):
-            test, param = db.in_values(chunk)
-            for one_id, merged_into in db.fetch(
-                f"SELECT one_id, merged_into FROM one_ids WHERE merged_into {test}", (param,)
-            ):
-                aliases[one_id] = old_losers[merged_into]
-        pairs = [(w, lo) for lo, w in old_losers.items()]
-        db.many("UPDATE one_ids SET merged_into = ? WHERE merged_into = ?", pairs)
-        db.many(
-            "UPDATE one_ids SET merged_into = ?, merged_at = ? WHERE one_id = ?",
-            [(w, db.time(merged_at[lo]), lo) for lo, w in old_losers.items()],
-        )
-        db.many("UPDATE identifiers SET one_id = ? WHERE one_id = ?", pairs)
-        aliases.update(old_losers)
+    old_losers = _repoint_stored_losers(db, resolver, merged_at, aliases)
 
     inserts: list[tuple[Any, ...]] = []
     updates: list[tuple[Any, ...]] = []
@@ -820,33 +838,10 @@ def _write_set_based(
             strict=True,
         )
     )
-    r_minted = resolver.new_one_ids
-    for one_id, created_at in zip(r_minted, db.times(list(r_minted.values())), strict=True):
-        now_in = resolver.find(one_id)
-        if now_in == one_id:
-            rows.append((one_id, created_at, None, None))
-        else:
-            rows.append((one_id, created_at, now_in, db.time(merged_at[one_id])))
-            aliases[one_id] = now_in
+    rows.extend(_resolver_one_id_rows(db, resolver, merged_at, aliases))
     rows.sort()  # in key order: index pages are filled one after the other
     db.insert("one_ids", ("one_id", "created_at", "merged_into", "merged_at"), rows)
-
-    old_losers = {o: resolver.find(o) for o in resolver.merged_away if resolver.is_loaded(o)}
-    if old_losers:
-        for chunk in _chunks(sorted(old_losers), LIST_CHUNK):
-            test, param = db.in_values(chunk)
-            for one_id, merged_into in db.fetch(
-                f"SELECT one_id, merged_into FROM one_ids WHERE merged_into {test}", (param,)
-            ):
-                aliases[one_id] = old_losers[merged_into]
-        pairs = [(w, lo) for lo, w in old_losers.items()]
-        db.many("UPDATE one_ids SET merged_into = ? WHERE merged_into = ?", pairs)
-        db.many(
-            "UPDATE one_ids SET merged_into = ?, merged_at = ? WHERE one_id = ?",
-            [(w, db.time(merged_at[lo]), lo) for lo, w in old_losers.items()],
-        )
-        db.many("UPDATE identifiers SET one_id = ? WHERE one_id = ?", pairs)
-        aliases.update(old_losers)
+    _repoint_stored_losers(db, resolver, merged_at, aliases)
 
     # Seen times of every identifier: its tuples' first/last, then the resolver's
     # (which adds the identifier an alias's previousId was read as).
