@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from fastapi.testclient import TestClient
 
 from zhiying.api.app import create_app
+from zhiying.clock import ManualClock
 from zhiying.keys.service import create_key
 from zhiying.runtime import Stores
 
@@ -71,3 +74,22 @@ def test_routes_need_an_admin_key_and_appear_in_openapi(stores: Stores) -> None:
     assert anonymous.get("/api/coupons/templates").status_code == 401
     paths = anonymous.get("/openapi.json").json()["paths"]
     assert "/api/coupons/orders/{order_id}/redeem" in paths and "/api/coupons/quote" in paths
+
+
+def test_maintenance_expires_ended_coupons_and_exports_their_events(
+    stores: Stores, clock: ManualClock
+) -> None:
+    c = client(stores)
+    t = c.post("/api/coupons/templates", json={"spec": TEMPLATE}).json()["template_id"]
+    code = c.post(f"/api/coupons/templates/{t}/issue", json={"one_id": "u1"}).json()["coupon"][
+        "code"
+    ]
+    clock.advance(timedelta(days=8))  # past the 7-day validity
+    swept = c.post("/api/coupons/maintenance").json()
+    assert swept == {"locks_released": 0, "expired": 1, "events_published": 1}
+    assert c.get("/api/coupons/wallets/u1").json()[0]["state"] == "expired"
+    assert [r["action"] for r in c.get(f"/api/coupons/codes/{code}/ledger").json()] == [
+        "issued",
+        "expired",
+    ]
+    assert c.post("/api/coupons/maintenance").json()["expired"] == 0

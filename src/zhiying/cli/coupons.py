@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from zhiying.cli.common import console, err_console, stores_for_cli
-from zhiying.coupons import abuse, audience, ledger
+from zhiying.coupons import abuse, audience, ledger, maintenance
 from zhiying.coupons import service as svc
 from zhiying.coupons.models import TemplateSpec, fmt_money
 from zhiying.errors import ValidationFailed
@@ -180,15 +180,10 @@ def show_ledger(code: str) -> None:
 def sweep() -> None:
     """Release timed-out locks, expire ended coupons, export pending ledger events."""
     with stores_for_cli() as stores:
-        now = stores.clock.now()
-        released = svc.release_timed_out(stores.engine, now)
-        expired = svc.expire_due(stores.engine, now)
-        published = ledger.publish_pending(
-            stores.engine, stores.warehouse, now, dedup_days=stores.settings.dedup_window_days
-        )
+        done = maintenance.sweep(stores)
     console.print(
-        f"released {released} locks · expired {expired} coupons · "
-        f"exported {published.published} events"
+        f"released {done.locks_released} locks · expired {done.expired} coupons · "
+        f"exported {done.events_published} events"
     )
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, model_validator
 from zhiying.api.deps import AdminKey, StoresDep
 from zhiying.coupons import abuse, audience, ledger
 from zhiying.coupons import service as svc
+from zhiying.coupons.maintenance import sweep as maintenance_sweep
 from zhiying.coupons.models import Cart, CartLine, RequestContext, Template, TemplateSpec
 from zhiying.coupons.pricing import Quote
 from zhiying.errors import ValidationFailed
@@ -467,10 +468,9 @@ def risk_report(
 @router.post("/maintenance")
 def maintenance(stores: StoresDep, _: AdminKey) -> MaintenanceOut:
     """Release timed-out locks, expire ended coupons, export pending ledger rows."""
-    now = stores.clock.now()
-    released = svc.release_timed_out(stores.engine, now)
-    expired = svc.expire_due(stores.engine, now)
-    published = ledger.publish_pending(stores.engine, stores.warehouse, now)
+    done = maintenance_sweep(stores)
     return MaintenanceOut(
-        locks_released=released, expired=expired, events_published=published.published
+        locks_released=done.locks_released,
+        expired=done.expired,
+        events_published=done.events_published,
     )

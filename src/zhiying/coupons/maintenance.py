@@ -15,6 +15,7 @@ found in an abuse cluster. Invariants:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -22,11 +23,12 @@ from sqlalchemy import Engine
 
 from zhiying.coupons.counters import give_back
 from zhiying.coupons.errors import CouponConflict
-from zhiying.coupons.ledger import LedgerEntry, record
+from zhiying.coupons.ledger import LedgerEntry, publish_pending, record
 from zhiying.coupons.release import release_rows
 from zhiying.coupons.results import CouponView, coupon_view
 from zhiying.coupons.tx import write_tx
 from zhiying.errors import NotFound
+from zhiying.runtime import Stores
 from zhiying.store.tables import coupons
 
 
@@ -138,3 +140,23 @@ def void(engine: Engine, code: str, now: datetime, *, reason: str) -> CouponView
             ],
         )
         return coupon_view(conn.execute(sa.select(coupons).where(coupons.c.code == code)).one())
+
+
+@dataclass(frozen=True)
+class Sweep:
+    locks_released: int
+    expired: int
+    events_published: int
+
+
+def sweep(stores: Stores) -> Sweep:
+    """Both sweeps, then export pending ledger rows to the warehouse: what the worker's
+    ``coupons.sweep`` job, ``zhiying coupons sweep`` and ``POST /api/coupons/maintenance``
+    all run."""
+    now = stores.clock.now()
+    released = release_timed_out(stores.engine, now)
+    expired = expire_due(stores.engine, now)
+    published = publish_pending(
+        stores.engine, stores.warehouse, now, dedup_days=stores.settings.dedup_window_days
+    )
+    return Sweep(released, expired, published.published)

@@ -48,18 +48,12 @@ def materialise_segments(stores: Stores) -> str:
 
 
 def sweep_coupons(stores: Stores) -> str:
-    from zhiying.coupons import ledger
-    from zhiying.coupons import maintenance as coupons
+    from zhiying.coupons.maintenance import sweep
 
-    now = stores.clock.now()
-    released = coupons.release_timed_out(stores.engine, now)
-    expired = coupons.expire_due(stores.engine, now)
-    published = ledger.publish_pending(
-        stores.engine, stores.warehouse, now, dedup_days=stores.settings.dedup_window_days
-    )
+    done = sweep(stores)
     return (
-        f"released {released} locks, expired {expired} coupons, "
-        f"exported {published.published} ledger events"
+        f"released {done.locks_released} locks, expired {done.expired} coupons, "
+        f"exported {done.events_published} ledger events"
     )
 
 
