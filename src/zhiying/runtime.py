@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from zhiying.clock import Clock, SystemClock
 from zhiying.config import Settings
+from zhiying.ingest.person_keys import backfill as backfill_person_keys
 from zhiying.store import make_engine, upgrade
 from zhiying.warehouse import Warehouse, open_warehouse
 
@@ -29,13 +30,16 @@ class Stores:
 
 
 def open_stores(settings: Settings, *, clock: Clock | None = None, migrate: bool = True) -> Stores:
-    """Open both stores from ``settings``; apply migrations first when ``migrate``."""
+    """Open both stores from ``settings``; when ``migrate``, apply migrations first and
+    key the warehouse rows an older version wrote (``zhiying.ingest.person_keys``)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url()
     if migrate:
         upgrade(url)
     engine = make_engine(url)
     warehouse = open_warehouse(settings.resolved_warehouse_url())
+    if migrate:
+        backfill_person_keys(engine, warehouse)
     return Stores(
         settings=settings, engine=engine, warehouse=warehouse, clock=clock or SystemClock()
     )

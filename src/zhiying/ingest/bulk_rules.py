@@ -628,6 +628,7 @@ def checked_select(
         "properties": "CASE WHEN t_p_props = 'OBJECT' THEN p_props END",
         "traits": "CASE WHEN t_p_traits = 'OBJECT' THEN p_traits END",
         "context": "CASE WHEN t_p_ctx = 'OBJECT' THEN p_ctx END",
+        "person_key": "NULL::BIGINT",  # set by store_events
     }
     assert list(out) == EVENTS.names
     select = ", ".join(f"{expr} AS {ident(name)}" for name, expr in out.items())

@@ -605,6 +605,7 @@ def _check_message(
         None if properties is None else _json(properties),
         None if traits is None else _json(traits),
         None if context is None else _json(context),
+        None,  # person_key: set by store_events
     )
 
 
@@ -612,7 +613,7 @@ def _check_column_order() -> None:
     expected = (  # noqa: SIM905
         "message_id type event name user_id anonymous_id one_id timestamp received_at sent_at "
         "original_timestamp source channel order_id revenue currency coupon products group_id "
-        "previous_id identifiers properties traits context"
+        "previous_id identifiers properties traits context person_key"
     ).split()
     if EVENTS.names != expected:  # pragma: no cover - guards a schema edit
         raise RuntimeError("EVENTS columns changed: update _check_message's row tuple")

@@ -7,10 +7,12 @@ Steps, for a batch of validated ``EVENTS`` rows:
    (``settings.dedup_window_days``; ``zhiying.warehouse.events``);
 2. in ONE operational transaction: resolve every row to a ONE_ID
    (``zhiying.identity.service.resolve_events``, with this process's
-   identifier cache: ``zhiying.identity.cache``) and upsert the current traits
-   of identify calls (``zhiying.profiles.service.upsert_traits``); before that
-   transaction commits, point merged-away ONE_IDs at their owner in the
-   warehouse (``one_id_aliases``);
+   identifier cache: ``zhiying.identity.cache``), give every ONE_ID its
+   integer ``person_key`` (``zhiying.ingest.person_keys``) and upsert the
+   current traits of identify calls (``zhiying.profiles.service.upsert_traits``);
+   before that transaction commits, write the keys it minted to the
+   warehouse's ``person_keys`` and point merged-away ONE_IDs at their owner
+   (``one_id_aliases``);
 3. after it committed: append ``trait_updates``, and append the events last.
 
 Aliases go to the warehouse before the operational commit so that a failure
@@ -52,6 +54,7 @@ from sqlalchemy import Engine
 
 from zhiying.identity.cache import IdentityCache
 from zhiying.identity.service import resolve_events
+from zhiying.ingest.person_keys import keyed_aliases, person_keys
 from zhiying.profiles.service import upsert_traits
 from zhiying.profiles.traits import trait_updates
 from zhiying.runtime import Stores
@@ -65,6 +68,7 @@ from zhiying.warehouse.events import (
 from zhiying.warehouse.schema import EVENTS
 
 _ONE_ID = EVENTS.get_field_index("one_id")
+_PERSON_KEY = EVENTS.get_field_index("person_key")
 
 _caches: weakref.WeakKeyDictionary[Engine, IdentityCache] = weakref.WeakKeyDictionary()
 _caches_lock = threading.Lock()
@@ -131,15 +135,25 @@ def store_events(stores: Stores, events: pa.Table) -> StoreResult:
             return StoreResult(0, total, 0, 0, stored, timings)
 
         cache = identity_cache(stores.engine)
+        keys = person_keys(stores.engine)
+        # Two numbers per row: a row mints at most one ONE_ID and names at most one owner.
+        keys.reserve(stores.engine, 2 * fresh.num_rows)
         with stores.engine.begin() as conn:
             resolution = resolve_events(conn, fresh, now, cache)
             fresh = fresh.set_column(_ONE_ID, EVENTS.field("one_id"), resolution.one_ids)
+            owners = [owner for _, owner in resolution.aliases]
+            assigned = keys.assign(conn, resolution.one_ids, also=owners)
+            fresh = fresh.set_column(_PERSON_KEY, EVENTS.field("person_key"), assigned.keys)
             t2 = time.perf_counter()
             updates = trait_updates(fresh)
             upsert_traits(conn, updates)
             t3 = time.perf_counter()
-            replace_aliases(warehouse, resolution.aliases)
+            aliases = keyed_aliases(conn, keys, resolution.aliases, assigned)
+            if assigned.minted.num_rows:
+                warehouse.insert("person_keys", assigned.minted)
+            replace_aliases(warehouse, aliases)
         cache.apply(resolution.generation, resolution.cache_entries)
+        keys.remember(assigned.learned)
         timings["identity"] = t2 - t1
         timings["traits"] = t3 - t2
 

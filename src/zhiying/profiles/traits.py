@@ -44,14 +44,16 @@ def trait_updates(events: pa.Table) -> pa.Table:
 
     Only the traits objects are read in Python (one ``orjson.loads`` each, with
     the value-type cases inlined: a bulk import brings hundreds of thousands of
-    traits); ``one_id``, ``timestamp`` and ``message_id`` are repeated per key
+    traits); ``one_id``, ``timestamp``, ``message_id`` and ``person_key`` are repeated per key
     with one Arrow ``take``, never converted to Python objects.
     """
     mask = pc.and_(
         pc.fill_null(pc.equal(events.column("type"), "identify"), False),
         pc.is_valid(events.column("one_id")),
     )
-    rows = events.select(["one_id", "timestamp", "message_id", "traits"]).filter(mask)
+    if "person_key" not in events.column_names:
+        events = events.append_column("person_key", pa.nulls(events.num_rows, pa.int64()))
+    rows = events.select(["one_id", "timestamp", "message_id", "traits", "person_key"]).filter(mask)
     at_row: list[int] = []
     keys: list[str] = []
     values: list[str | None] = []
@@ -97,5 +99,6 @@ def trait_updates(events: pa.Table) -> pa.Table:
             "number": pa.array(numbers, pa.float64()),
             "timestamp": taken.column("timestamp"),
             "message_id": taken.column("message_id"),
+            "person_key": taken.column("person_key"),
         }
     ).cast(TRAIT_UPDATES)

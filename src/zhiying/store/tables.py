@@ -356,3 +356,25 @@ worker_leases = sa.Table(
     sa.Column("holder", sa.String(80), nullable=False),
     sa.Column("expires_at", UtcDateTime(), nullable=False),
 )
+
+# --- identity: person keys (migration 0006_person_keys) ------------------------------
+
+# The warehouse groups people by an integer, not by the text ONE_ID (text keys cost
+# several times an integer in every GROUP BY and join: bench/RESULTS.md, Segments).
+# One key per ONE_ID, minted by ``zhiying.ingest.person_keys``; keys come from
+# ``key_blocks`` in blocks reserved by committed transactions, so a key is never
+# handed out twice, even when the transaction that used it rolls back.
+person_keys = sa.Table(
+    "person_keys",
+    metadata,
+    sa.Column("one_id", sa.String(40), primary_key=True),
+    sa.Column("person_key", sa.BigInteger, nullable=False, unique=True),
+)
+
+# One row per key sequence (``person_key``): the next value not yet reserved.
+key_blocks = sa.Table(
+    "key_blocks",
+    metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("next_value", sa.BigInteger, nullable=False),
+)

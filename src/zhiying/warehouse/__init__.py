@@ -10,7 +10,7 @@ from __future__ import annotations
 from urllib.parse import unquote, urlparse
 
 from zhiying.warehouse.base import Warehouse, WarehouseError
-from zhiying.warehouse.schema import TABLES, create_table_sql
+from zhiying.warehouse.schema import TABLES, add_column_sql, create_table_sql
 
 
 def open_warehouse(url: str, *, read_only: bool = False, create: bool = True) -> Warehouse:
@@ -47,9 +47,41 @@ def open_warehouse(url: str, *, read_only: bool = False, create: bool = True) ->
 
 
 def ensure_tables(warehouse: Warehouse) -> None:
-    """Create the warehouse tables that do not exist yet (idempotent)."""
+    """Create the warehouse tables that do not exist yet and add the columns a table
+    lacks (idempotent).
+
+    The warehouse has no migration tool: its tables only ever gain nullable
+    columns, appended last (``schema.py``), so a table created by an older
+    version is brought up to date by ``ALTER TABLE … ADD COLUMN`` and reads the
+    same as a new one. Filling the new columns of old rows is the job of the
+    code that introduced them (``zhiying.ingest.person_keys.backfill``).
+    """
+    present = _columns(warehouse)
     for name, (schema, order_by) in TABLES.items():
-        warehouse.execute(create_table_sql(name, schema, warehouse.dialect, order_by))
+        have = present.get(name)
+        if have is None:
+            warehouse.execute(create_table_sql(name, schema, warehouse.dialect, order_by))
+            continue
+        for column in schema:
+            if column.name not in have:
+                warehouse.execute(add_column_sql(name, column, warehouse.dialect))
+
+
+def _columns(warehouse: Warehouse) -> dict[str, set[str]]:
+    if warehouse.dialect == "duckdb":
+        sql = (
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema()"
+        )
+    else:
+        sql = "SELECT table AS table_name, name AS column_name FROM system.columns " + (
+            "WHERE database = currentDatabase()"
+        )
+    rows = warehouse.query(sql).to_pylist()
+    found: dict[str, set[str]] = {}
+    for row in rows:
+        found.setdefault(str(row["table_name"]), set()).add(str(row["column_name"]))
+    return found
 
 
 __all__ = ["Warehouse", "WarehouseError", "ensure_tables", "open_warehouse"]

@@ -243,7 +243,9 @@ def append_events(warehouse: Warehouse, batch: pa.Table, dedup_since: datetime) 
     and minus repeats inside ``batch``. Returns the number of rows written.
 
     Serialised with every other event writer of the process (``EVENT_WRITER``).
-    It stores rows as they are: ingestion paths use
+    It stores rows as they are, except that a row without ``person_key`` gets
+    its ONE_ID's key from the warehouse dictionary (``person_keys``; null if the
+    ONE_ID was never stored by ingestion). Ingestion paths use
     ``zhiying.ingest.pipeline.store_events``, which also resolves ONE_IDs.
     """
     batch = first_per_message_id(batch.cast(EVENTS))
@@ -253,24 +255,53 @@ def append_events(warehouse: Warehouse, batch: pa.Table, dedup_since: datetime) 
         fresh = batch.filter(pa.array(new_message_ids(warehouse, batch, dedup_since)))
         if fresh.num_rows == 0:
             return 0
-        written = warehouse.insert("events", fresh)
+        written = warehouse.insert_select("events", fresh, _keyed_select(warehouse))
         remember_stored(warehouse, fresh, dedup_since)
     return written
 
 
-def replace_aliases(warehouse: Warehouse, pairs: Iterable[tuple[str, str]]) -> None:
-    """Point each ``alias`` ONE_ID at its current owner ``one_id`` (replacing older rows)."""
-    rows = list(dict(pairs).items())
-    if not rows:
-        return
-    table = pa.table(
-        {"alias": [a for a, _ in rows], "one_id": [o for _, o in rows]}, schema=ONE_ID_ALIASES
+def _keyed_select(warehouse: Warehouse) -> str:
+    """``__batch`` with a missing ``person_key`` taken from the ``person_keys`` dictionary.
+
+    Only the batch's own ONE_IDs are read from the dictionary. A ONE_ID with two
+    dictionary rows (a key written before an operational commit that then
+    failed, and the key of the retry) takes the larger: ``nullif(…, 0)``
+    because ClickHouse fills an unmatched LEFT JOIN with 0, not NULL.
+    """
+    q = '"' if warehouse.dialect == "duckdb" else "`"
+    keyed = f"coalesce(b.{q}person_key{q}, nullif(d.k, 0))"
+    cols = ", ".join(keyed if n == "person_key" else f"b.{q}{n}{q}" for n in EVENTS.names)
+    return (
+        f"SELECT {cols} FROM __batch AS b LEFT JOIN ("
+        "SELECT one_id AS o, max(person_key) AS k FROM person_keys "
+        "WHERE one_id IN (SELECT one_id FROM __batch) GROUP BY one_id"
+        ") AS d ON d.o = b.one_id"
     )
-    for start in range(0, len(rows), 1000):
-        chunk = rows[start : start + 1000]
-        quoted = ", ".join(string_literal(warehouse, a) for a, _ in chunk)
+
+
+def replace_aliases(
+    warehouse: Warehouse, aliases: pa.Table | Iterable[tuple[str, str]]
+) -> None:
+    """Point each ``alias`` ONE_ID (and its key) at its current owner, replacing older rows.
+
+    ``aliases`` has ``ONE_ID_ALIASES`` columns, one row per alias
+    (``zhiying.ingest.person_keys.keyed_aliases``); plain ``(alias, owner)``
+    pairs are stored without keys.
+    """
+    if not isinstance(aliases, pa.Table):
+        latest = dict(aliases)
+        aliases = pa.table({"alias": list(latest), "one_id": list(latest.values())})
+    if aliases.num_rows == 0:
+        return
+    names = aliases.column("alias").to_pylist()
+    for start in range(0, len(names), 1000):
+        chunk = names[start : start + 1000]
+        quoted = ", ".join(string_literal(warehouse, a) for a in chunk)
         warehouse.execute(f"DELETE FROM one_id_aliases WHERE alias IN ({quoted})")
-    warehouse.insert("one_id_aliases", table)
+    for field in ONE_ID_ALIASES:  # rows without keys (tests, tools) get null keys
+        if field.name not in aliases.column_names:
+            aliases = aliases.append_column(field, pa.nulls(aliases.num_rows, field.type))
+    warehouse.insert("one_id_aliases", aliases.select(ONE_ID_ALIASES.names).cast(ONE_ID_ALIASES))
 
 
 RESOLVED_EVENTS_SQL = (

@@ -62,6 +62,9 @@ EVENTS = pa.schema(
         pa.field("properties", pa.string()),  # JSON text
         pa.field("traits", pa.string()),  # JSON text (identify/group)
         pa.field("context", pa.string()),  # JSON text
+        # Integer key of ``one_id`` (``person_keys``), what analytical reads group on.
+        # Last, so a warehouse upgraded by ``ALTER TABLE ADD COLUMN`` has the same layout.
+        pa.field("person_key", pa.int64()),
     ]
 )
 
@@ -70,6 +73,18 @@ EVENTS = pa.schema(
 ONE_ID_ALIASES = pa.schema(
     [
         pa.field("alias", pa.string(), nullable=False),
+        pa.field("one_id", pa.string(), nullable=False),
+        pa.field("alias_key", pa.int64()),  # person_key of ``alias``, if it ever had one
+        pa.field("person_key", pa.int64()),  # person_key of ``one_id``
+    ]
+)
+
+# The dictionary of person keys: one row per key handed out (a row may name a
+# key no event carries). Segments and tags group on ``person_key`` and come back
+# to the ONE_ID through this table, for the members only.
+PERSON_KEYS = pa.schema(
+    [
+        pa.field("person_key", pa.int64(), nullable=False),
         pa.field("one_id", pa.string(), nullable=False),
     ]
 )
@@ -86,6 +101,7 @@ TRAIT_UPDATES = pa.schema(
         pa.field("number", pa.float64()),
         pa.field("timestamp", TS, nullable=False),
         pa.field("message_id", pa.string(), nullable=False),
+        pa.field("person_key", pa.int64()),
     ]
 )
 
@@ -125,6 +141,7 @@ TABLES: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
     # name: (schema, ClickHouse ORDER BY key)
     "events": (EVENTS, ("received_at",)),
     "one_id_aliases": (ONE_ID_ALIASES, ("alias",)),
+    "person_keys": (PERSON_KEYS, ("person_key",)),
     "trait_updates": (TRAIT_UPDATES, ("one_id", "key", "timestamp")),
     "tag_values": (TAG_VALUES, ("tag", "one_id")),
     "tag_history": (TAG_VALUES, ("tag", "one_id")),
@@ -200,3 +217,13 @@ def create_table_sql(
     cols = ",\n  ".join(f"`{f.name}` {_clickhouse_type(f.type, f.nullable)}" for f in schema)
     key = ", ".join(f"`{c}`" for c in order_by)
     return f"CREATE TABLE IF NOT EXISTS `{name}` (\n  {cols}\n) ENGINE = MergeTree ORDER BY ({key})"
+
+
+def add_column_sql(table: str, column: pa.Field, dialect: Dialect) -> str:
+    """``ALTER TABLE … ADD COLUMN`` for a nullable ``column`` a table created earlier lacks."""
+    if dialect == "duckdb":
+        return f'ALTER TABLE "{table}" ADD COLUMN IF NOT EXISTS "{column.name}" ' + (
+            _duckdb_type(column.type)
+        )
+    kind = _clickhouse_type(column.type, nullable=True)
+    return f"ALTER TABLE `{table}` ADD COLUMN IF NOT EXISTS `{column.name}` {kind}"
