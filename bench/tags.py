@@ -45,7 +45,7 @@ from zhiying.profiles.tags import service, storage
 from zhiying.profiles.tags.compiler import tags_sql
 from zhiying.profiles.tags.models import DynamicTag, EventFilter, EventSelector
 from zhiying.runtime import Stores, open_stores
-from zhiying.warehouse.schema import EVENTS, MONEY, PRODUCT
+from zhiying.warehouse.schema import EVENTS, MONEY, PERSON_KEYS, PRODUCT
 
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 ORDERS = EventSelector(events=["Order Completed"])
@@ -128,6 +128,7 @@ def make_events(users: int, per_user: int, seed: int = 1) -> pa.Table:
         "type": pa.array(np.where(is_page, "page", "track")),
         "event": pa.array(event),
         "one_id": one_id,
+        "person_key": pa.array(user + 1, pa.int64()),
         "timestamp": ts,
         "received_at": ts,
         "channel": pa.array(np.array(CHANNELS)[rng.integers(0, len(CHANNELS), n)]),
@@ -144,8 +145,8 @@ def make_events(users: int, per_user: int, seed: int = 1) -> pa.Table:
 HAND_SQL = """
 CREATE OR REPLACE TABLE baseline AS
 WITH e AS (
-  SELECT one_id AS person, type, event, "timestamp" AS ts, channel, revenue, coupon, products
-  FROM events WHERE "timestamp" <= TIMESTAMP '{now}' AND one_id IS NOT NULL
+  SELECT person_key AS person, type, event, "timestamp" AS ts, channel, revenue, coupon, products
+  FROM events WHERE "timestamp" <= TIMESTAMP '{now}' AND person_key IS NOT NULL
 ),
 scalar AS (
   SELECT person,
@@ -179,7 +180,8 @@ fav AS (SELECT person, category AS favourite_category
         FROM (SELECT person, category,
                      row_number() OVER (PARTITION BY person ORDER BY w DESC, category) AS rn
               FROM cats) WHERE rn = 1)
-SELECT scalar.*, fav.favourite_category FROM scalar LEFT JOIN fav USING (person)
+SELECT k.one_id AS person, scalar.* EXCLUDE (person), fav.favourite_category
+FROM scalar LEFT JOIN fav USING (person) JOIN person_keys AS k ON k.person_key = scalar.person
 """
 
 
@@ -259,6 +261,14 @@ def main() -> None:
     t0 = time.perf_counter()
     events = make_events(args.users, args.events_per_user)
     stores.warehouse.insert("events", events)
+    users = np.arange(args.users)
+    stores.warehouse.insert(
+        "person_keys",
+        pa.table(
+            {"person_key": users + 1, "one_id": np.char.add("u", users.astype(str))},
+            schema=PERSON_KEYS,
+        ),
+    )
     print(
         f"{events.num_rows:,} events for {args.users:,} users generated and stored "
         f"in {time.perf_counter() - t0:.1f} s (DuckDB file {tmp})",

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.coupons.test_api import client
+from tests.warehouse_keys import keyed
 from zhiying.cli.main import app
 from zhiying.config import get_settings
 from zhiying.coupons import audience
@@ -29,7 +30,7 @@ def _segment_of_chongqing(stores: Stores, now: datetime) -> str:
     rows = [("a", "Chongqing"), ("b", "Beijing"), ("c", "Chongqing"), ("d", "Chongqing")]
     stores.warehouse.insert(
         "trait_updates",
-        pa.Table.from_pylist(
+        keyed(stores.warehouse, pa.Table.from_pylist(
             [
                 {"one_id": o, "key": "city", "value": v, "number": None, "timestamp": when,
                  "message_id": f"m{i}"}
@@ -39,7 +40,7 @@ def _segment_of_chongqing(stores: Stores, now: datetime) -> str:
             + [{"one_id": "d", "key": "city", "value": "Shanghai", "number": None,
                 "timestamp": when + timedelta(hours=1), "message_id": "m9"}],
             schema=TRAIT_UPDATES,
-        ),
+        )),
     )  # fmt: skip
     rule = parse_rule({"type": "trait", "trait": "city", "op": "eq", "value": "Chongqing"})
     return segments.create_segment(stores, SegmentCreate(name="Chongqing", rule=rule)).segment_id

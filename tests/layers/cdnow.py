@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tests.warehouse_keys import keyed
 from zhiying.warehouse import Warehouse
 from zhiying.warehouse.schema import EVENTS, MONEY, PRODUCT
 
@@ -60,4 +61,4 @@ def cdnow_events(path: Path) -> pa.Table:
 
 
 def load_cdnow(warehouse: Warehouse, path: Path) -> int:
-    return warehouse.insert("events", cdnow_events(path))
+    return warehouse.insert("events", keyed(warehouse, cdnow_events(path)))

@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from tests.warehouse_keys import keyed
 from zhiying.warehouse import Warehouse
 from zhiying.warehouse.schema import EVENTS, TRAIT_UPDATES
 
@@ -47,7 +48,7 @@ def event(
 
 
 def insert_events(warehouse: Warehouse, rows: list[dict[str, Any]]) -> None:
-    warehouse.insert("events", pa.Table.from_pylist(rows, schema=EVENTS))
+    warehouse.insert("events", keyed(warehouse, pa.Table.from_pylist(rows, schema=EVENTS)))
 
 
 def trait(one_id: str, key: str, value: str | float | None, at: datetime) -> dict[str, Any]:
@@ -65,4 +66,5 @@ def trait(one_id: str, key: str, value: str | float | None, at: datetime) -> dic
 
 
 def insert_traits(warehouse: Warehouse, rows: list[dict[str, Any]]) -> None:
-    warehouse.insert("trait_updates", pa.Table.from_pylist(rows, schema=TRAIT_UPDATES))
+    table = pa.Table.from_pylist(rows, schema=TRAIT_UPDATES)
+    warehouse.insert("trait_updates", keyed(warehouse, table))

@@ -286,11 +286,10 @@ def replace_aliases(
 
     ``aliases`` has ``ONE_ID_ALIASES`` columns, one row per alias
     (``zhiying.ingest.person_keys.keyed_aliases``); plain ``(alias, owner)``
-    pairs are stored without keys.
+    pairs take their keys from the ``person_keys`` dictionary.
     """
     if not isinstance(aliases, pa.Table):
-        latest = dict(aliases)
-        aliases = pa.table({"alias": list(latest), "one_id": list(latest.values())})
+        aliases = _keyed_pairs(warehouse, dict(aliases))
     if aliases.num_rows == 0:
         return
     names = aliases.column("alias").to_pylist()
@@ -302,6 +301,26 @@ def replace_aliases(
         if field.name not in aliases.column_names:
             aliases = aliases.append_column(field, pa.nulls(aliases.num_rows, field.type))
     warehouse.insert("one_id_aliases", aliases.select(ONE_ID_ALIASES.names).cast(ONE_ID_ALIASES))
+
+
+def _keyed_pairs(warehouse: Warehouse, latest: dict[str, str]) -> pa.Table:
+    keys: dict[str, int] = {}
+    names = sorted(set(latest) | set(latest.values()))
+    for start in range(0, len(names), 1000):
+        quoted = ", ".join(string_literal(warehouse, o) for o in names[start : start + 1000])
+        found = warehouse.query(
+            f"SELECT one_id, max(person_key) AS k FROM person_keys WHERE one_id IN ({quoted}) "
+            "GROUP BY one_id"
+        ).to_pylist()
+        keys.update((str(r["one_id"]), int(r["k"])) for r in found)
+    return pa.table(
+        {
+            "alias": list(latest),
+            "one_id": list(latest.values()),
+            "alias_key": pa.array([keys.get(a) for a in latest], pa.int64()),
+            "person_key": pa.array([keys.get(o) for o in latest.values()], pa.int64()),
+        }
+    )
 
 
 RESOLVED_EVENTS_SQL = (

@@ -21,12 +21,13 @@ from zhiying.profiles.layers.models import (
     ValueFrequencyRules,
     bp,
 )
-from zhiying.profiles.tags.sources import instant, resolved_events
+from zhiying.profiles.tags.sources import instant, resolved_events, with_one_id
 from zhiying.warehouse.schema import Dialect
 
 
 def _rows(metrics: ir.Table, layer: str, value: ir.StringValue, now: ir.Value) -> ir.Table:
-    return metrics.select(one_id=metrics.person, layer=ibis.literal(layer), value=value, as_of=now)
+    rows = metrics.select(person=metrics.person, layer=ibis.literal(layer), value=value, as_of=now)
+    return with_one_id(rows).select("one_id", "layer", "value", "as_of")
 
 
 def _in_window(

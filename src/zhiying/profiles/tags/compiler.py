@@ -35,7 +35,12 @@ from zhiying.profiles.tags.models import (
     StaticTag,
     TagDefinition,
 )
-from zhiying.profiles.tags.sources import instant, resolved_events, resolved_traits
+from zhiying.profiles.tags.sources import (
+    instant,
+    resolved_events,
+    resolved_traits,
+    with_one_id,
+)
 from zhiying.warehouse.schema import Dialect
 
 LONG_COLUMNS = ("one_id", "tag", "value", "number", "computed_at")
@@ -305,7 +310,7 @@ def _long(wide: ir.Table, outs: dict[str, _Out], ctx: _Context) -> ir.Table:
         ibis.struct({"tag": ibis.literal(name), "value": out.value, "number": out.number})
         for name, out in outs.items()
     ]
-    unnested = wide.select(one_id=wide.person, entry=ibis.array(entries).unnest())
+    unnested = with_one_id(wide.select(person=wide.person, entry=ibis.array(entries).unnest()))
     rows = unnested.select(
         one_id=unnested.one_id,
         tag=unnested.entry["tag"],

@@ -2,9 +2,12 @@
 
 Everything here builds expressions only; callers compile them with
 ``ibis.to_sql(expr, dialect=...)`` and run them through the ``Warehouse``.
-A *person* is the ONE_ID that owns a row now: ``coalesce(alias.one_id,
-row.one_id)`` through ``one_id_aliases``, so rows written before a merge count
-for the merged user.
+A *person* is the integer key of the ONE_ID that owns a row now:
+``coalesce(alias.person_key, row.person_key)`` through ``one_id_aliases``, so
+rows written before a merge count for the merged user, and every ``GROUP BY``
+is on an integer (``zhiying.ingest.person_keys``). Results come back to ONE_IDs
+through the ``person_keys`` dictionary (:func:`with_one_id`), once per person.
+Rows without a key (never stored by ingestion) belong to nobody.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from zhiying.warehouse.schema import (
     EVENTS,
     LAYER_VALUES,
     ONE_ID_ALIASES,
+    PERSON_KEYS,
     TAG_VALUES,
     TRAIT_UPDATES,
     Dialect,
@@ -52,6 +56,7 @@ def table(name: str) -> ir.Table:
         "tag_values": TAG_VALUES,
         "tag_history": TAG_VALUES,
         "layer_values": LAYER_VALUES,
+        "person_keys": PERSON_KEYS,
     }
     return ibis.table(ibis.Schema.from_pyarrow(schemas[name]), name=name)
 
@@ -79,11 +84,20 @@ def has_aliases(query: Callable[[str], pa.Table]) -> bool:
 
 def _owners() -> ir.Table:
     aliases = table("one_id_aliases")
-    return aliases.select(alias=aliases["alias"], owner=aliases["one_id"])
+    return aliases.select(alias=aliases["alias_key"], owner=aliases["person_key"])
+
+
+def with_one_id(rows: ir.Table) -> ir.Table:
+    """``rows`` (with an integer ``person``) with its ONE_ID as ``one_id``, in place of
+    ``person``. Each key has one dictionary row; a key nobody's rows carry has none."""
+    keys = table("person_keys")
+    keys = keys.select(k=keys.person_key, k_one_id=keys.one_id)
+    joined = rows.inner_join(keys, rows.person == keys.k)
+    return joined.mutate(one_id=joined.k_one_id).drop("person", "k", "k_one_id")
 
 
 def resolved_events(as_of: datetime, dialect: Dialect, *, aliases: bool = True) -> ir.Table:
-    """Events up to and including ``as_of`` with ``person``; rows with no ONE_ID are dropped.
+    """Events up to and including ``as_of`` with ``person``; rows with no key are dropped.
 
     ``aliases=False`` skips the join with ``one_id_aliases`` — only correct
     when that table is empty (no merge ever happened); it saves the join's
@@ -92,11 +106,11 @@ def resolved_events(as_of: datetime, dialect: Dialect, *, aliases: bool = True) 
     events = table("events")
     if aliases:
         owners = _owners()
-        joined = events.left_join(owners, events.one_id == owners["alias"])
-        person = ibis.coalesce(joined.owner, joined.one_id)
+        joined = events.left_join(owners, events.person_key == owners["alias"])
+        person = ibis.coalesce(joined.owner, joined.person_key)
     else:
         joined = events
-        person = events.one_id
+        person = events.person_key
     cols = {c: joined[c] for c in EVENT_COLUMNS}
     resolved = joined.select(person=person, **cols)
     return resolved.filter(resolved.timestamp <= instant(as_of, dialect), resolved.person.notnull())
@@ -109,9 +123,9 @@ def resolved_traits(as_of: datetime, dialect: Dialect, keys: list[str]) -> ir.Ta
     """
     traits = table("trait_updates")
     owners = _owners()
-    joined = traits.left_join(owners, traits.one_id == owners["alias"])
+    joined = traits.left_join(owners, traits.person_key == owners["alias"])
     resolved = joined.select(
-        person=ibis.coalesce(joined.owner, joined.one_id),
+        person=ibis.coalesce(joined.owner, joined.person_key),
         key=joined.key,
         value=joined.value,
         number=joined.number,
