@@ -131,6 +131,25 @@ def test_an_idle_scheduler_tick_folds_one_history_segment(stores: Stores) -> Non
     assert stored_history(stores) == [("u1", "orders_90d", 1.0)]
 
 
+def test_a_scheduler_that_is_never_idle_still_keeps_history_segments_bounded(
+    stores: Stores,
+) -> None:
+    insert_events(stores.warehouse, [event("u1", ago(1))])
+    hourly = DynamicTag(
+        name="orders_hourly", where=ORDERS, window_days=90, aggregate="count", refresh="hourly"
+    )
+    service.define_tag(stores, hourly)
+    counts = []
+    for hour in range(12):  # due at every tick: never an idle one
+        stores.clock.set(NOW + timedelta(hours=hour, minutes=1))  # type: ignore[attr-defined]
+        assert service.refresh_due(stores) is not None
+        counts.append(len(storage.segments(stores.warehouse)))
+    assert max(counts) == service.MAX_UNFOLDED_SEGMENTS + 1
+    assert counts[-1] == service.MAX_UNFOLDED_SEGMENTS + 1
+    history = stored_history(stores)
+    assert history and all(row == ("u1", "orders_hourly", 1.0) for row in history)
+
+
 def test_segment_rules_and_profiles_read_the_swapped_current_values(wh_stores: Stores) -> None:
     from zhiying.segments import service as segments
     from zhiying.segments.models import TagCondition

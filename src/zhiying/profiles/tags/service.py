@@ -248,13 +248,20 @@ def refresh_due(stores: Stores, progress: Progress | None = None) -> RefreshResu
 
     Meant to be called by the worker loop every minute or so. A tick with
     nothing due folds the oldest history segment into ``tag_history``
-    instead (DuckDB; see ``storage``), so that copy stays off refreshes.
+    instead (DuckDB; see ``storage``), so that copy stays off refreshes —
+    unless more than ``MAX_UNFOLDED_SEGMENTS`` wait, then a busy tick folds one too.
     """
     names = due_tags(stores)
-    if not names:
+    if not names or len(storage.segments(stores.warehouse)) > MAX_UNFOLDED_SEGMENTS:
         storage.fold_history(stores.warehouse, limit=1)
+    if not names:
         return None
     return refresh(stores, names=names, trigger="schedule", progress=progress)
+
+
+MAX_UNFOLDED_SEGMENTS = 4
+"""History segments a busy scheduler may leave unfolded: past this, a tick folds the
+oldest before refreshing, so a worker that is never idle does not pile up tables."""
 
 
 @dataclass(frozen=True)
