@@ -115,3 +115,49 @@ def test_profile_traits_come_from_every_merged_one_id_latest_wins(ops_stores: St
         assert got == {"city": ("Chongqing", "device"), "os": ("iOS", "device")}
         (city,) = [t for t in traits_of(conn, ["user"]) if t.key == "city"]
         assert city.updated_at == datetime(2026, 10, 1, 0, 5, tzinfo=UTC)
+
+
+def _tied(rows: list[tuple[str, str]]) -> pa.Table:
+    """``(message_id, city)`` updates of o1's city, all at the same instant."""
+    at = datetime(2026, 10, 1, 12, 0)
+    return pa.Table.from_pylist(
+        [
+            {"one_id": "o1", "key": "city", "value": v, "number": None, "timestamp": at,
+             "message_id": m}
+            for m, v in rows
+        ],
+        schema=TRAIT_UPDATES,
+    )  # fmt: skip
+
+
+def test_values_set_at_the_same_instant_resolve_by_message_id_not_arrival(
+    ops_stores: Stores,
+) -> None:
+    # The greater message id wins whatever the order, inside a batch and across batches,
+    # as the warehouse's latest-value readers order them.
+    with ops_stores.engine.begin() as conn:
+        upsert_traits(conn, _tied([("m-b", "Beijing"), ("m-a", "Chongqing")]))
+    assert current(ops_stores) == {("o1", "city"): "Beijing"}
+    with ops_stores.engine.begin() as conn:
+        upsert_traits(conn, _tied([("m-a", "Chongqing")]))  # arrives later, loses the tie
+    assert current(ops_stores) == {("o1", "city"): "Beijing"}
+    with ops_stores.engine.begin() as conn:
+        upsert_traits(conn, _tied([("m-c", "Harbin")]))
+    assert current(ops_stores) == {("o1", "city"): "Harbin"}
+
+
+def test_profile_ties_across_merged_one_ids_resolve_by_message_id(ops_stores: Stores) -> None:
+    at = datetime(2026, 10, 1, 12, 0)
+    rows = [("a-first", "zz", "Beijing"), ("z-last", "aa", "Chongqing")]
+    table_ = pa.Table.from_pylist(
+        [
+            {"one_id": o, "key": "city", "value": v, "number": None, "timestamp": at,
+             "message_id": m}
+            for m, o, v in rows
+        ],
+        schema=TRAIT_UPDATES,
+    )  # fmt: skip
+    with ops_stores.engine.begin() as conn:
+        upsert_traits(conn, table_)
+        (city,) = traits_of(conn, ["zz", "aa"])
+    assert (city.value, city.one_id) == ("Chongqing", "aa")

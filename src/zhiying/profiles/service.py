@@ -51,18 +51,25 @@ def _json_value(text: str | None, number: float | None) -> str:
     return orjson.dumps(text).decode()
 
 
+# A value replaces the stored one when it is newer, or set at the same instant by a
+# message with a greater or equal id: the order every reader of traits uses
+# (``trait_updates`` in the warehouse, ``traits_of``), so ties never depend on arrival.
+_NEWER = (
+    "excluded.updated_at > traits.updated_at OR (excluded.updated_at = traits.updated_at "
+    "AND coalesce(excluded.message_id, '') >= coalesce(traits.message_id, ''))"
+)
 _UPSERT_SQLITE = (
-    "INSERT INTO traits (one_id, key, value, updated_at) VALUES (?, ?, ?, ?) "
+    "INSERT INTO traits (one_id, key, value, updated_at, message_id) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (one_id, key) DO UPDATE SET value = excluded.value, "
-    "updated_at = excluded.updated_at WHERE excluded.updated_at >= traits.updated_at"
+    f"updated_at = excluded.updated_at, message_id = excluded.message_id WHERE {_NEWER}"
 )
 _UPSERT_POSTGRES = (
-    "INSERT INTO traits (one_id, key, value, updated_at) "
-    "SELECT o, k, CAST(v AS json), CAST(t AS timestamptz) FROM unnest("
-    "CAST(%s AS text[]), CAST(%s AS text[]), CAST(%s AS text[]), CAST(%s AS text[])) "
-    "AS u(o, k, v, t) "
+    "INSERT INTO traits (one_id, key, value, updated_at, message_id) "
+    "SELECT o, k, CAST(v AS json), CAST(t AS timestamptz), m FROM unnest("
+    "CAST(%s AS text[]), CAST(%s AS text[]), CAST(%s AS text[]), CAST(%s AS text[]), "
+    "CAST(%s AS text[])) AS u(o, k, v, t, m) "
     "ON CONFLICT (one_id, key) DO UPDATE SET value = excluded.value, "
-    "updated_at = excluded.updated_at WHERE excluded.updated_at >= traits.updated_at"
+    f"updated_at = excluded.updated_at, message_id = excluded.message_id WHERE {_NEWER}"
 )
 _UPSERT_CHUNK = 50_000
 
@@ -70,8 +77,8 @@ _UPSERT_CHUNK = 50_000
 def upsert_traits(conn: Connection, updates: pa.Table) -> int:
     """Keep the current value of each ``(one_id, key)`` of ``updates`` (TRAIT_UPDATES rows).
 
-    A newer ``timestamp`` wins; an older one never overwrites (equal times: the
-    later write wins, so a retried batch changes nothing). Within the batch
+    A newer ``timestamp`` wins; an older one never overwrites; at equal times
+    the greater ``message_id`` wins (a retried batch changes nothing). Within the batch
     only the latest row per key is sent. Runs in the caller's transaction;
     returns the number of rows inserted or changed.
 
@@ -97,14 +104,15 @@ def upsert_traits(conn: Connection, updates: pa.Table) -> int:
     micros = pc.cast(stamps, pa.int64()).to_pylist()
     one_ids = updates.column("one_id").to_pylist()
     keys = updates.column("key").to_pylist()
-    # Latest row per (one_id, key); on equal times the later row wins.
+    # Latest row per (one_id, key) by (timestamp, message_id), as _NEWER orders them.
+    message_ids = [m or "" for m in updates.column("message_id").to_pylist()]
     latest: dict[tuple[str, str], int] = {}
-    best: dict[tuple[str, str], int] = {}
-    for row, (o, k, at) in enumerate(zip(one_ids, keys, micros, strict=True)):
+    best: dict[tuple[str, str], tuple[int, str]] = {}
+    for row, (o, k, at, m) in enumerate(zip(one_ids, keys, micros, message_ids, strict=True)):
         pair = (o, k)
         have = best.get(pair)
-        if have is None or at >= have:
-            best[pair] = at
+        if have is None or (at, m) >= have:
+            best[pair] = (at, m)
             latest[pair] = row
     rows = pa.array(list(latest.values()), pa.int64())
     chosen = updates.select(["one_id", "key", "value", "number"]).take(rows)
@@ -117,19 +125,28 @@ def upsert_traits(conn: Connection, updates: pa.Table) -> int:
     ]
     o_list = chosen.column("one_id").to_pylist()
     k_list = chosen.column("key").to_pylist()
+    m_list = [message_ids[row] or None for row in latest.values()]
     raw: Any = conn.connection.dbapi_connection  # same connection: the caller's transaction
     written = 0
     cursor = raw.cursor()
     try:
         if dialect == "sqlite":
-            cursor.executemany(_UPSERT_SQLITE, zip(o_list, k_list, values, texts, strict=True))
+            cursor.executemany(
+                _UPSERT_SQLITE, zip(o_list, k_list, values, texts, m_list, strict=True)
+            )
             written = cursor.rowcount
         else:
             for s in range(0, len(o_list), _UPSERT_CHUNK):
                 e = s + _UPSERT_CHUNK
                 cursor.execute(
                     _UPSERT_POSTGRES,
-                    (o_list[s:e], k_list[s:e], values[s:e], [t + "+00" for t in texts[s:e]]),
+                    (
+                        o_list[s:e],
+                        k_list[s:e],
+                        values[s:e],
+                        [t + "+00" for t in texts[s:e]],
+                        m_list[s:e],
+                    ),
                 )
                 written += cursor.rowcount
     finally:
@@ -266,19 +283,23 @@ def _resolve(stores: Stores, ref: str) -> list[str]:
 
 
 def traits_of(conn: Connection, ids: list[str]) -> list[Trait]:
-    """Current traits across ``ids``: per key the most recently set value."""
+    """Current traits across ``ids``: per key the most recently set value (same instant:
+    the greater message id, as everywhere; then the greater ONE_ID)."""
     rows = conn.execute(
         sa.select(
             traits_table.c.one_id,
             traits_table.c.key,
             traits_table.c.value,
             traits_table.c.updated_at,
+            traits_table.c.message_id,
         ).where(traits_table.c.one_id.in_(ids))
     )
     latest: dict[str, Trait] = {}
-    for one_id, key, value, updated_at in rows:
-        have = latest.get(key)
-        if have is None or (updated_at, one_id) > (have.updated_at, have.one_id):
+    order: dict[str, tuple[datetime, str, str]] = {}
+    for one_id, key, value, updated_at, message_id in rows:
+        rank = (updated_at, message_id or "", one_id)
+        if key not in order or rank > order[key]:
+            order[key] = rank
             latest[key] = Trait(key, value, updated_at, one_id)
     return [latest[k] for k in sorted(latest)]
 

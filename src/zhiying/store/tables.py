@@ -116,6 +116,9 @@ traits = sa.Table(
     sa.Column("key", sa.String(200), primary_key=True),
     sa.Column("value", sa.JSON, nullable=True),
     sa.Column("updated_at", UtcDateTime(), nullable=False),
+    # The identify call that set the value (migration 0007_trait_message_id): of two
+    # values set at the same instant the larger message id wins, everywhere.
+    sa.Column("message_id", sa.String(200), nullable=True),
 )
 
 # --- identity: idempotency keys (migration 0002_identity) --------------------------
