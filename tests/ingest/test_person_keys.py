@@ -230,3 +230,35 @@ def test_opening_an_older_warehouse_adds_the_columns_and_keys_its_rows(
         assert backfill(reopened.engine, reopened.warehouse) == 0
     finally:
         reopened.close()
+
+
+def test_db_upgrade_brings_an_older_warehouse_up_to_date(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from zhiying.cli.main import app
+    from zhiying.config import Settings, get_settings
+    from zhiying.runtime import open_stores
+
+    data = tmp_path / "data"
+    for name in ("ZHIYING_DATABASE_URL", "ZHIYING_WAREHOUSE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ZHIYING_DATA_DIR", str(data))
+    get_settings.cache_clear()
+    stores = open_stores(Settings(data_dir=data))
+    store_events(stores, _batch_two_people())
+    stores.warehouse.execute("ALTER TABLE events DROP COLUMN person_key")
+    stores.close()
+
+    result = CliRunner().invoke(app, ["db", "upgrade"])
+
+    assert result.exit_code == 0, result.output
+    assert "rows of 2 ONE_IDs given their person keys" in result.output
+    reopened = open_stores(Settings(data_dir=data), migrate=False)
+    try:
+        keyed = _rows(reopened, "SELECT count(person_key) AS n FROM events")[0]["n"]
+        assert keyed == 4
+    finally:
+        reopened.close()
+        get_settings.cache_clear()
