@@ -88,6 +88,65 @@ def _present(values: pa.Array) -> np.ndarray:
     return np.flatnonzero(ok.to_numpy(zero_copy_only=False))
 
 
+def _capped_micros(events: pa.Table, now: datetime) -> np.ndarray:
+    """Each row's event time as naive-UTC microseconds, times after ``now`` read as ``now``."""
+    cap = pa.scalar(now.astimezone(UTC).replace(tzinfo=None), _TS)
+    stamps = pc.min_element_wise(pc.cast(_column(events, "timestamp"), _TS), cap)
+    micros: np.ndarray = pc.cast(stamps, pa.int64()).to_numpy(zero_copy_only=False)
+    return micros
+
+
+@dataclass(frozen=True)
+class RowIdentifiers:
+    """Every row's identifiers, flat, with no grouping into tuples (for cache look-ups).
+
+    ``keys[j]`` is the cache key (``zhiying.identity.cache.key``) of an
+    identifier of row ``rows[j]``: the row's user id, its anonymous id and its
+    list's items, without empty kinds or values (a row may list one identifier
+    twice). ``at`` is each row's event time (naive-UTC microseconds, capped at
+    ``now``); ``linking`` marks alias calls with a ``previousId``, which always
+    need the rules.
+    """
+
+    keys: list[str]
+    rows: np.ndarray
+    at: np.ndarray
+    linking: np.ndarray
+
+
+def _keys(kind: pa.Array | str, values: pa.Array) -> list[str]:
+    """``cache.key`` of each (kind, value), built by Arrow kernels."""
+    prefix = f"{len(kind)}:{kind}" if isinstance(kind, str) else _enc(kind)
+    keys: list[str] = pc.binary_join_element_wise(prefix, values, "").to_pylist()
+    return keys
+
+
+def row_identifiers(events: pa.Table, now: datetime) -> RowIdentifiers:
+    """The flat identifiers of every row of ``events`` (EVENTS columns).
+
+    The same identifiers, per row, as ``tuple_columns`` gives per tuple, built
+    with Arrow kernels; the only Python objects are the key strings.
+    """
+    user_id = _column(events, "user_id")
+    anonymous_id = _column(events, "anonymous_id")
+    lists = _column(events, "identifiers")
+    flat = pc.list_flatten(lists)
+    kinds, values = pc.struct_field(flat, "kind"), pc.struct_field(flat, "value")
+    keep = np.intersect1d(_present(kinds), _present(values), assume_unique=True)
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    u_at, a_at = _present(user_id), _present(anonymous_id)
+    picked = pa.array(keep)
+    keys = _keys(USER_ID, user_id.take(pa.array(u_at)))
+    keys += _keys(ANONYMOUS_ID, anonymous_id.take(pa.array(a_at)))
+    keys += _keys(kinds.take(picked), values.take(picked))
+    rows = np.concatenate([u_at, a_at, parents[keep].astype(np.int64)])
+    previous = _column(events, "previous_id")
+    has_previous = pc.fill_null(pc.greater(pc.utf8_length(previous), 0), False)
+    is_alias = pc.fill_null(pc.equal(_column(events, "type"), "alias"), False)
+    linking = pc.and_(is_alias, has_previous).to_numpy(zero_copy_only=False)
+    return RowIdentifiers(keys, rows, _capped_micros(events, now), linking)
+
+
 def tuple_columns(events: pa.Table, now: datetime) -> TupleColumns:
     """Distinct identity tuples of ``events`` (EVENTS columns), first occurrence first.
 
@@ -102,9 +161,7 @@ def tuple_columns(events: pa.Table, now: datetime) -> TupleColumns:
     key = pc.binary_join_element_wise(
         _enc(user_id), _enc(anonymous_id), _enc(previous_id), _identifiers_key(identifiers), ""
     )
-    cap = pa.scalar(now.astimezone(UTC).replace(tzinfo=None), _TS)
-    stamps = pc.min_element_wise(pc.cast(_column(events, "timestamp"), _TS), cap)
-    micros = pc.cast(stamps, pa.int64()).to_numpy(zero_copy_only=False)
+    micros = _capped_micros(events, now)
     # Rows in time order (stable: ties keep input order); dictionary codes are
     # handed out in order of first appearance, so code order is time order.
     order = np.argsort(micros, kind="stable")

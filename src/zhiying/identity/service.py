@@ -37,9 +37,17 @@ from sqlalchemy import Connection
 
 from zhiying.errors import NotFound, ValidationFailed
 from zhiying.identity import setwise
-from zhiying.identity.batch import TupleColumns, _enc, collapse, observations, tuple_columns
+from zhiying.identity.batch import (
+    TupleColumns,
+    _enc,
+    collapse,
+    observations,
+    row_identifiers,
+    tuple_columns,
+)
 from zhiying.identity.bulk import BulkSql
-from zhiying.identity.cache import LAST_SEEN_STEP, IdentityCache, Seen
+from zhiying.identity.cache import LAST_SEEN_STEP_US, IdentityCache, Seen
+from zhiying.identity.cache import ident as cache_ident
 from zhiying.identity.identifiers import (
     ANONYMOUS_ID,
     USER_ID,
@@ -52,7 +60,6 @@ from zhiying.identity.resolver import (
     PRECEDENCE,
     Ident,
     KnownOneId,
-    Observation,
     Resolver,
     precedence,
 )
@@ -219,9 +226,11 @@ def resolve_events(
     UTC) caps event times from clocks that run ahead. Rules: see
     ``zhiying.identity.resolver`` and docs/identity.md.
 
-    With a ``cache``, tuples whose identifiers are all cached to one ONE_ID
-    (and that are not alias calls) skip the store entirely, apart from a
-    coarsened ``first_seen``/``last_seen`` update; the caller applies
+    With a ``cache``, rows whose identifiers are all cached to one ONE_ID
+    (and that are not alias calls with a ``previousId``) are answered with
+    array operations, skipping the store and the rules apart from a
+    coarsened ``first_seen``/``last_seen`` update (``_cache_hits``); only the
+    other rows go through the rules. The caller applies
     ``Resolution.cache_entries`` after committing (``zhiying.identity.cache``).
     Every merge increments the store's merge generation in this transaction.
 
@@ -244,23 +253,99 @@ def resolve_events(
             cache.sync(generation)
         with _big_page_cache(db):
             return _resolve_set_based(db, events, now, generation)
-    tuples = collapse(events, now)
-    observations = tuples.observations
+    if cache is None:
+        rules = _resolve_rules(db, events, now, collect=False)
+        if rules.resolver.merges:
+            db.conn.exec_driver_sql(_GENERATION_BUMP)
+            generation += 1
+        return Resolution(
+            one_ids=rules.one_ids,
+            aliases=rules.aliases,
+            merges=len(rules.resolver.merges),
+            conflicts=_count_conflicts(rules.resolver),
+            generation=generation,
+        )
 
-    hits: dict[int, str] = {}
-    touched: dict[Ident, Seen] = {}
-    misses = observations
-    if cache is not None:
-        cache.sync(generation)
-        misses = []
-        for i, obs in enumerate(observations):
-            cached = _cached_owner(cache, obs, touched)
-            if cached is None:
-                misses.append(obs)
-            else:
-                hits[i] = cached
+    return _resolve_with_cache(db, events, now, cache, generation)
+
+
+def _resolve_with_cache(
+    db: BulkSql, events: pa.Table, now: datetime, cache: IdentityCache, generation: int
+) -> Resolution:
+    """``resolve_events`` with a cache: hits from the cache, the other rows by the rules."""
+    cache.sync(generation)
+    hits = _cache_hits(cache, events, now)
+    missed = ~hits.rows
+    resolver: Resolver | None = None
+    aliases: list[tuple[str, str]] = []
+    entries: dict[Ident, Seen] = {}
+    miss_ids = pa.array([], pa.string())
+    if missed.any():
+        misses = events if not hits.rows.any() else events.filter(pa.array(missed))
+        rules = _resolve_rules(db, misses, now, collect=True)
+        resolver, aliases, entries, miss_ids = (
+            rules.resolver,
+            rules.aliases,
+            rules.entries,
+            rules.one_ids,
+        )
+    owners = hits.owners
+    if resolver is not None and resolver.merges:
+        # A hit's ONE_ID may have lost a merge made by a row that went through the rules.
+        owners = pa.array([resolver.find(o) for o in owners.to_pylist()], pa.string())
+    hit_ids = owners.take(pa.array(hits.codes))
+    if hits.touched:
+        # Coarsened seen-times of cache hits; min/max keep any later stored value.
+        low, high = ("min", "max") if db.sqlite else ("LEAST", "GREATEST")
+        moved = list(hits.touched.items())
+        firsts = db.times_of_micros(np.array([seen.first_us for _, seen in moved], np.int64))
+        lasts = db.times_of_micros(np.array([seen.last_us for _, seen in moved], np.int64))
+        db.many(
+            f"UPDATE identifiers SET first_seen = {low}(first_seen, ?), "
+            f"last_seen = {high}(last_seen, ?) WHERE kind = ? AND value = ?",
+            [
+                (first, last, kind, value)
+                for ((kind, value), _), first, last in zip(moved, firsts, lasts, strict=True)
+            ],
+        )
+    merges = len(resolver.merges) if resolver is not None else 0
+    touched = hits.touched
+    if resolver is not None and merges:
+        db.conn.exec_driver_sql(_GENERATION_BUMP)
+        # Under the resolution lock nobody else moved the generation meanwhile, so
+        # the cache may re-point this batch's losers instead of starting empty.
+        cache.expect_merges(generation, {o: resolver.find(o) for o in resolver.merged_away})
+        generation += 1
+        find = resolver.find
+        touched = {k: Seen(find(s.one_id), s.first_us, s.last_us) for k, s in touched.items()}
+    entries = {**touched, **entries}
+    return Resolution(
+        one_ids=_interleave(hits.rows, hit_ids, miss_ids),
+        aliases=aliases,
+        merges=merges,
+        conflicts=0 if resolver is None else _count_conflicts(resolver),
+        cache_entries=entries,
+        generation=generation,
+    )
+
+
+@dataclass
+class _Rules:
+    """The per-tuple rule path's outcome for some rows (``one_ids`` aligned with them)."""
+
+    one_ids: pa.Array
+    resolver: Resolver
+    aliases: list[tuple[str, str]]
+    entries: dict[Ident, Seen]
+
+
+def _resolve_rules(db: BulkSql, events: pa.Table, now: datetime, collect: bool) -> _Rules:
+    """Every distinct tuple of ``events`` through the ``Resolver``, in time order, on the
+    stored state of its identifiers; the changes are written. ``collect``: also return
+    the cache entries of every identifier the resolver saw."""
+    tuples = collapse(events, now)
     wanted: set[Ident] = set()
-    for obs in misses:
+    for obs in tuples.observations:
         wanted.update(obs.identifiers)
         if obs.previous_id is not None:
             wanted.add((USER_ID, obs.previous_id))
@@ -269,62 +354,91 @@ def resolve_events(
 
     resolver = Resolver(new_id=_Minter())
     resolver.load({ident: s.owner for ident, s in stored.items()}, known)
-    observed = iter([resolver.observe(obs) for obs in misses])
-    targets = [hits[i] if i in hits else next(observed) for i in range(len(observations))]
+    targets = [resolver.observe(obs) for obs in tuples.observations]
     per_tuple = pa.array([None if t is None else resolver.find(t) for t in targets], pa.string())
-    aliases, entries = _write(db, resolver, stored, collect=cache is not None)
-    if touched:
-        # Coarsened seen-times of cache hits; min/max keep any later stored value.
-        low, high = ("min", "max") if db.sqlite else ("LEAST", "GREATEST")
-        db.many(
-            f"UPDATE identifiers SET first_seen = {low}(first_seen, ?), "
-            f"last_seen = {high}(last_seen, ?) WHERE kind = ? AND value = ?",
-            [
-                (db.time(seen.first_seen), db.time(seen.last_seen), kind, value)
-                for (kind, value), seen in touched.items()
-            ],
-        )
-    if resolver.merges:
-        db.conn.exec_driver_sql(_GENERATION_BUMP)
-        generation += 1  # under the resolution lock: nobody else moved it meanwhile
-    else:
-        entries = {**touched, **entries}
-    conflicts = {
-        (resolver.find(c.one_id), resolver.find(c.other_one_id), c.kind, c.value, c.rule)
-        for c in resolver.conflicts
-    }
-    return Resolution(
-        one_ids=per_tuple.take(tuples.codes),
-        aliases=aliases,
-        merges=len(resolver.merges),
-        conflicts=len(conflicts),
-        cache_entries=entries if cache is not None else {},
-        generation=generation,
+    aliases, entries = _write(db, resolver, stored, collect)
+    return _Rules(per_tuple.take(tuples.codes), resolver, aliases, entries)
+
+
+def _count_conflicts(resolver: Resolver) -> int:
+    """Distinct conflicts met (as recorded: per pair of current ONE_IDs, identifier, rule)."""
+    return len(
+        {
+            (resolver.find(c.one_id), resolver.find(c.other_one_id), c.kind, c.value, c.rule)
+            for c in resolver.conflicts
+        }
     )
 
 
-def _cached_owner(cache: IdentityCache, obs: Observation, touched: dict[Ident, Seen]) -> str | None:
-    """The cached ONE_ID of a tuple that resolution would not change, else None.
+@dataclass
+class _Hits:
+    """Rows answered by the cache.
 
-    Records in ``touched`` the identifiers whose stored times this tuple moves
-    earlier, or later by at least ``LAST_SEEN_STEP``.
+    ``rows`` marks them; ``codes`` (one per marked row, in row order) index
+    ``owners``, the distinct cached ONE_IDs; ``touched`` are the identifiers
+    whose stored seen-times these rows move (earlier, or a step later).
     """
-    if obs.previous_id is not None or not obs.identifiers:
-        return None
-    found: list[tuple[Ident, Seen]] = []
-    owner: str | None = None
-    for ident in obs.identifiers:
-        seen = touched.get(ident) or cache.get(ident)
-        if seen is None or (owner is not None and seen.one_id != owner):
-            return None
-        owner = seen.one_id
-        found.append((ident, seen))
-    for ident, seen in found:
-        if obs.first_at < seen.first_seen or obs.last_at - seen.last_seen >= LAST_SEEN_STEP:
-            touched[ident] = Seen(
-                seen.one_id, min(seen.first_seen, obs.first_at), max(seen.last_seen, obs.last_at)
-            )
-    return owner
+
+    rows: np.ndarray
+    owners: pa.Array
+    codes: np.ndarray
+    touched: dict[Ident, Seen]
+
+
+def _cache_hits(cache: IdentityCache, events: pa.Table, now: datetime) -> _Hits:
+    """The rows whose resolution the cache already knows, found with array operations.
+
+    A row is a hit when it is not an alias call with a ``previousId``, has at
+    least one identifier, and every identifier is cached with one and the same
+    ONE_ID: the ``Resolver`` would return that ONE_ID and change nothing but
+    seen-times (its fast path), so the row needs neither the store nor the
+    rules. Rows repeating a tuple are simply looked up again: on the HTTP path
+    nearly every row is a distinct tuple, so collapsing first would cost more.
+    """
+    ids = row_identifiers(events, now)
+    found = cache.lookup(ids.keys)
+    n = events.num_rows
+    low = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    high = np.full(n, -1, dtype=np.int64)
+    np.minimum.at(low, ids.rows, found.owner)
+    np.maximum.at(high, ids.rows, found.owner)
+    hit = (low == high) & (low >= 0) & ~ids.linking
+
+    # Seen-times: an identifier is touched when a hit row is earlier than its
+    # first_seen or at least a step later than its last_seen; it then takes
+    # the earliest and latest of those rows (the contract: last_seen lags by
+    # less than a step).
+    at = ids.at[ids.rows]
+    moved = np.flatnonzero(
+        hit[ids.rows] & ((at < found.first_us) | (at - found.last_us >= LAST_SEEN_STEP_US))
+    )
+    touched: dict[Ident, Seen] = {}
+    if len(moved):
+        names = cache.names(found.owner[moved])
+        for j, t, one_id in zip(moved.tolist(), at[moved].tolist(), names, strict=True):
+            identifier = cache_ident(ids.keys[j])
+            was = touched.get(identifier)
+            if was is None:
+                first, last = int(found.first_us[j]), int(found.last_us[j])
+                touched[identifier] = Seen(one_id, min(first, t), max(last, t))
+            else:
+                was.first_us = min(was.first_us, t)
+                was.last_us = max(was.last_us, t)
+    codes, rows_code = np.unique(low[hit], return_inverse=True)
+    owners = pa.array(cache.names(codes), pa.string())
+    return _Hits(hit, owners, rows_code.astype(np.int64), touched)
+
+
+def _interleave(chosen: np.ndarray, picked: pa.Array, others: pa.Array) -> pa.Array:
+    """One array in row order: ``picked`` at the rows ``chosen`` marks, ``others`` elsewhere."""
+    if len(others) == 0:
+        return picked
+    if len(picked) == 0:
+        return others
+    position = np.empty(len(chosen), dtype=np.int64)
+    position[chosen] = np.arange(len(picked))
+    position[~chosen] = len(picked) + np.arange(len(others))
+    return pa.concat_arrays([picked, others]).take(pa.array(position))
 
 
 def _resolver_one_id_rows(
@@ -385,31 +499,32 @@ def _write(
 
     inserts: list[tuple[Any, ...]] = []
     updates: list[tuple[Any, ...]] = []
-    entries: dict[Ident, Seen] = {}
     seen = list(resolver.seen.items())
-    firsts = db.times([span[0] for _, span in seen])
-    lasts = db.times([span[1] for _, span in seen])
-    for (ident, (first, last)), first_db, last_db in zip(seen, firsts, lasts, strict=True):
+    owners: list[str] = []
+    first_us = last_us = np.zeros(0, dtype=np.int64)
+    if db.sqlite or collect:
+        first_us = _micros_of([span[0] for _, span in seen])
+        last_us = _micros_of([span[1] for _, span in seen])
+    if db.sqlite:  # the stored text straight from the microseconds: one conversion
+        firsts, lasts = db.times_of_micros(first_us), db.times_of_micros(last_us)
+    else:
+        firsts = db.times([span[0] for _, span in seen])
+        lasts = db.times([span[1] for _, span in seen])
+    for (ident, _), first_db, last_db in zip(seen, firsts, lasts, strict=True):
         owner = resolver.owner(ident)
         assert owner is not None
+        owners.append(owner)
         before = stored.get(ident)
         # Compared in the driver's form (SQLite's fixed-width text sorts like time).
         if before is None:
             inserts.append((ident[0], ident[1], owner, first_db, last_db))
-            if collect:
-                entries[ident] = Seen(owner, first, last)
             continue
         moved = old_losers.get(before.owner, before.owner)
         first_db = min(first_db, before.first_seen)
         last_db = max(last_db, before.last_seen)
-        if collect:
-            entries[ident] = Seen(
-                owner,
-                min(first, db.read_time(before.first_seen)),
-                max(last, db.read_time(before.last_seen)),
-            )
         if owner != moved or first_db != before.first_seen or last_db != before.last_seen:
             updates.append((owner, first_db, last_db, ident[0], ident[1]))
+    entries = _cache_entries(db, seen, owners, stored, first_us, last_us) if collect else {}
     db.insert("identifiers", ("kind", "value", "one_id", "first_seen", "last_seen"), inserts)
     db.update_identifiers(updates)
     db.insert(
@@ -422,6 +537,38 @@ def _write(
     )
     _record_conflicts(db, resolver)
     return sorted(aliases.items()), entries
+
+
+def _cache_entries(
+    db: BulkSql,
+    seen: list[tuple[Ident, tuple[datetime, datetime]]],
+    owners: list[str],
+    stored: dict[Ident, _Stored],
+    first: np.ndarray,
+    last: np.ndarray,
+) -> dict[Ident, Seen]:
+    """What the store holds, once written, for each identifier the resolver saw:
+    its owner and its seen-times (``first``/``last``, aligned with ``seen``)
+    widened by the stored ones, in bulk."""
+    known = [i for i, (ident, _) in enumerate(seen) if ident in stored]
+    if known:
+        at = np.array(known, dtype=np.int64)
+        before = [stored[seen[i][0]] for i in known]
+        first[at] = np.minimum(first[at], db.micros([b.first_seen for b in before]))
+        last[at] = np.maximum(last[at], db.micros([b.last_seen for b in before]))
+    return {
+        ident: Seen(owner, f, la)
+        for (ident, _), owner, f, la in zip(
+            seen, owners, first.tolist(), last.tolist(), strict=True
+        )
+    }
+
+
+def _micros_of(values: list[datetime]) -> np.ndarray:
+    """Aware datetimes as naive-UTC microseconds (one Arrow conversion)."""
+    stamps = pa.array(values, pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    micros: np.ndarray = stamps.to_numpy(zero_copy_only=False).copy()
+    return micros
 
 
 _CONFLICT_COLUMNS: Final = (
