@@ -1,6 +1,7 @@
 """Bulk import speed: N realistic events from Parquet and from JSONL, end to end.
 
-    .venv/bin/python -m bench.bulk_import [--events N] [--skip-store]   (default N = 5,000,000)
+    .venv/bin/python -m bench.bulk_import [--events N] [--skip-store] [--before]
+                                                          (default N = 5,000,000)
 
 ``--skip-store`` measures read + map + validate only (no ``store_events``), the part
 the bulk importer owns; without it each format is also imported end to end.
@@ -21,6 +22,7 @@ and prints events/s. Printed beside them, measured in the same run:
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -36,6 +38,8 @@ from zhiying.ingest.bulk import checked_chunks, import_file, rejection_rows
 from zhiying.runtime import open_stores
 
 USERS = 200_000
+BEFORE = (500_000, 250_000)
+"""Chunk size and store batch before the bulk-import speed work (``--before``)."""
 NOW = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 
 
@@ -113,7 +117,13 @@ def validate_only(path: Path) -> float:
     return time.perf_counter() - started
 
 
-def ours(path: Path, out: Path, name: str) -> tuple[float, float, float]:
+def ours(
+    path: Path,
+    out: Path,
+    name: str,
+    chunk_size: int = bulk.DEFAULT_CHUNK_SIZE,
+    store_batch: int = bulk.STORE_BATCH,
+) -> tuple[float, float, float]:
     """(total seconds, seconds inside store_events, CPU seconds of this process) for an
     import into a fresh store (the CPU figure includes the reader thread)."""
     stores = open_stores(Settings(data_dir=out / f"store-{name}"), clock=ManualClock(NOW))
@@ -130,7 +140,7 @@ def ours(path: Path, out: Path, name: str) -> tuple[float, float, float]:
     bulk.store_events = timed
     cpu = time.process_time()
     try:
-        report = import_file(stores, path)
+        report = import_file(stores, path, chunk_size=chunk_size, store_batch=store_batch)
     finally:
         bulk.store_events = real
         stores.close()
@@ -146,6 +156,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5_000_000, help="events to generate")
     parser.add_argument(
         "--skip-store", action="store_true", help="read + map + validate only (no store_events)"
+    )
+    parser.add_argument(
+        "--before",
+        action="store_true",
+        help="also import each file with the previous sizes (500k-row chunks stored in "
+        "250k-row batches) in the same run",
     )
     args = parser.parse_args()
     n = args.legacy_n or args.events
@@ -172,11 +188,17 @@ def main() -> None:
             )
             if args.skip_store:
                 continue
-            total, store, cpu = ours(path, out, label)
-            print(
-                f"{label:7s} end to end (import_file):          {n / total:>12,.0f} events/s "
-                f"({total:.1f} s, of which store_events {store:.1f} s; {cpu:.1f} s CPU; {fl})"
-            )
+            runs = [("", bulk.DEFAULT_CHUNK_SIZE, bulk.STORE_BATCH)]
+            if args.before:
+                runs.insert(0, (" before", *BEFORE))
+            for tag, chunk_size, store_batch in runs:
+                total, store, cpu = ours(path, out, label + tag.strip(), chunk_size, store_batch)
+                what = f"end to end{tag} (batches {store_batch // 1000}k):"
+                print(
+                    f"{label:7s} {what:34s} {n / total:>12,.0f} events/s ({total:.1f} s, of "
+                    f"which store_events {store:.1f} s; {cpu:.1f} s CPU; {fl}; "
+                    f"load {os.getloadavg()[0]:.1f})"
+                )
 
 
 if __name__ == "__main__":
