@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from tests.segments.helpers import warehouse_rows
 from zhiying.segments.reference import Dataset
 from zhiying.warehouse.schema import (
     EVENTS,
     IDENTIFIER,
     LAYER_VALUES,
     ONE_ID_ALIASES,
+    PERSON_KEYS,
     PRODUCT,
     SEGMENT_MEMBERS,
     TAG_VALUES,
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 TABLES: dict[str, pa.Schema] = {
     "events": EVENTS,
     "one_id_aliases": ONE_ID_ALIASES,
+    "person_keys": PERSON_KEYS,
     "trait_updates": TRAIT_UPDATES,
     "tag_values": TAG_VALUES,
     "layer_values": LAYER_VALUES,
@@ -52,16 +55,9 @@ TABLES: dict[str, pa.Schema] = {
 COMPOSITES: dict[str, pa.StructType] = {"product": PRODUCT, "identifier": IDENTIFIER}
 
 
-def rows_of(data: Dataset) -> dict[str, list[Mapping[str, Any]]]:
-    """``data`` as rows per warehouse table (aliases included)."""
-    return {
-        "events": list(data.events),
-        "one_id_aliases": [{"alias": a, "one_id": o} for a, o in data.aliases.items()],
-        "trait_updates": list(data.trait_updates),
-        "tag_values": list(data.tag_values),
-        "layer_values": list(data.layer_values),
-        "segment_members": list(data.segment_members),
-    }
+def rows_of(data: Dataset) -> dict[str, list[dict[str, Any]]]:
+    """``data`` as keyed rows per warehouse table (aliases and dictionary included)."""
+    return warehouse_rows(data)
 
 
 def untied(data: Dataset) -> Dataset:

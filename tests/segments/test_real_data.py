@@ -2,8 +2,9 @@
 
 The files are read by the importer's own mapping (``zhiying.ingest.bulk.check_file``
 with ``docs/mappings/``) and written straight into the warehouse tables, with
-ONE_ID = the source's customer id: identity resolution of 100k people through
-the operational store is the importer's business and takes minutes. Olist
+ONE_ID = the source's customer id and one person key per ONE_ID: identity
+resolution of 100k people through the operational store is the importer's
+business and takes minutes. Olist
 identify rows of one import share a timestamp; each row is given its file
 position in microseconds so that, as in the file, a later row of the same
 person wins (122 of 96,096 people have rows in two cities).
@@ -48,6 +49,20 @@ def _with_ids(events: pa.Table, column: str) -> pa.Table:
     return events.set_column(events.schema.get_field_index("one_id"), "one_id", events[column])
 
 
+def _keyed(table: pa.Table, dictionary: pa.Table) -> pa.Table:
+    """``table`` with the ``person_key`` of its ``one_id`` in ``dictionary``."""
+    keys = dictionary["person_key"].take(pc.index_in(table["one_id"], dictionary["one_id"]))
+    if "person_key" in table.column_names:
+        table = table.drop_columns(["person_key"])
+    return table.append_column("person_key", keys)
+
+
+def _dictionary(*tables: pa.Table) -> pa.Table:
+    """One key per ONE_ID of ``tables`` (as ingestion would mint them: 1, 2, …)."""
+    ids = pa.chunked_array([t["one_id"].cast(pa.string()) for t in tables]).unique()
+    return pa.table({"person_key": pa.array(range(1, len(ids) + 1), pa.int64()), "one_id": ids})
+
+
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Warehouse]]:
     data = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -81,6 +96,8 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Warehou
         pc.cast(users["__row"], pa.string()),
     )
     traits = trait_updates(_with_ids(users, "user_id"))
+    dictionary = _dictionary(orders, traits)
+    orders, traits = _keyed(orders, dictionary), _keyed(traits, dictionary)
     out: dict[str, Warehouse] = {}
     for engine in ("duckdb", "chdb"):
         where = tmp_path_factory.mktemp(engine)
@@ -88,6 +105,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Warehou
         wh = open_warehouse(url)
         wh.insert("events", orders)
         wh.insert("trait_updates", traits)
+        wh.insert("person_keys", dictionary)
         out[engine] = wh
     yield out
     for wh in out.values():

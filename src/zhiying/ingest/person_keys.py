@@ -312,20 +312,25 @@ def _select(conn: Connection, one_ids: list[str]) -> dict[str, int]:
 def _insert(conn: Connection, one_ids: list[str], keys: list[int]) -> set[str]:
     """Insert the pairs that no committed row has yet; returns the ONE_IDs inserted.
 
-    SQLite has one writer: a pair missing from this transaction's read is
-    either inserted here or the write fails (a stale snapshot cannot upgrade to
-    a write), so plain ``INSERT``. PostgreSQL may see a concurrent insert of the
-    same ONE_ID: ``ON CONFLICT DO NOTHING`` and the caller reads the winner's key.
+    Another process may have minted the same ONE_ID since this transaction
+    looked (SQLite runs a ``SELECT`` outside any write transaction, PostgreSQL
+    reads committed rows): ``ON CONFLICT DO NOTHING``, and the caller reads the
+    winner's key. PostgreSQL says which rows it inserted (``RETURNING``);
+    SQLite's ``executemany`` cannot, so the pairs are read back and compared.
     """
     raw: Any = conn.connection.dbapi_connection
     cursor = raw.cursor()
     try:
         if conn.dialect.name == "sqlite":
             cursor.executemany(
-                "INSERT INTO person_keys (one_id, person_key) VALUES (?, ?)",
+                "INSERT INTO person_keys (one_id, person_key) VALUES (?, ?) "
+                "ON CONFLICT (one_id) DO NOTHING",
                 zip(one_ids, keys, strict=True),
             )
-            return set(one_ids)
+            if cursor.rowcount == len(one_ids):
+                return set(one_ids)
+            stored = _select(conn, one_ids)
+            return {o for o, k in zip(one_ids, keys, strict=True) if stored.get(o) == k}
         inserted: set[str] = set()
         for start in range(0, len(one_ids), _LOOKUP_CHUNK):
             end = start + _LOOKUP_CHUNK

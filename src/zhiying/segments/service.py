@@ -70,7 +70,13 @@ from zhiying.segments.models import (
 from zhiying.store.tables import segment_snapshots, segments
 from zhiying.warehouse import Warehouse
 from zhiying.warehouse.events import append_events, string_literal, timestamp_literal
-from zhiying.warehouse.schema import EVENTS, SEGMENT_MEMBERS, TRAIT_UPDATES
+from zhiying.warehouse.schema import (
+    EVENTS,
+    ONE_ID_ALIASES,
+    PERSON_KEYS,
+    SEGMENT_MEMBERS,
+    TRAIT_UPDATES,
+)
 
 ENTERED = "Segment Entered"
 EXITED = "Segment Exited"
@@ -280,7 +286,7 @@ def _at(stores: Stores, at: datetime | None) -> datetime:
 def members(stores: Stores, rule: Rule, at: datetime | None = None) -> pa.Table:
     """The members of ``rule`` as of ``at`` (default now): an Arrow table ``one_id``."""
     compiled = prepare(stores, rule, _at(stores, at))
-    return stores.warehouse.query(compiled.sql(stores.warehouse.dialect))
+    return stores.warehouse.query(compiled.sql(stores.warehouse.dialect, pretty=False))
 
 
 def count(stores: Stores, rule: Rule, at: datetime | None = None) -> int:
@@ -294,53 +300,61 @@ def preview(
     stores: Stores, rule: Rule, at: datetime | None = None, sample: int = 20
 ) -> PreviewResult:
     """Count, the first ``sample`` members (by ONE_ID) with their traits as of ``at``, and
-    the SQL that ran."""
+    the SQL of the members.
+
+    One query computes the members once and returns both the count and the
+    sample (``CompiledRule.sample_sql``); a second reads the sample's traits.
+    """
     when = _at(stores, at)
     compiled = prepare(stores, rule, when)
-    sql = compiled.sql(stores.warehouse.dialect)
-    found = stores.warehouse.query(sql)
+    wh = stores.warehouse
     ids: list[str] = []
-    if sample and found.num_rows:
-        k = min(sample, found.num_rows)
-        picked = pc.select_k_unstable(found, k, [("one_id", "ascending")])
-        ids = sorted(str(v) for v in found.column("one_id").take(picked).to_pylist())
-    traits = traits_as_of(stores.warehouse, ids, when)
+    if sample:
+        found = wh.query(compiled.sample_sql(wh.dialect, sample))
+        ids = [str(v) for v in found.column("one_id").to_pylist()]
+        total = int(found.column("members")[0].as_py()) if found.num_rows else 0
+    else:
+        total = int(wh.query(compiled.count_sql(wh.dialect)).column(0)[0].as_py())
+    traits = traits_as_of(wh, ids, when)
     return PreviewResult(
-        count=found.num_rows,
+        count=total,
         sample=[ProfileSample(one_id=i, traits=traits.get(i, {})) for i in ids],
-        sql=sql,
-        dialect=stores.warehouse.dialect,
+        sql=compiled.sql(wh.dialect),
+        dialect=wh.dialect,
         at=when,
     )
 
 
+_T_TRAITS = ibis.table(ibis.Schema.from_pyarrow(TRAIT_UPDATES), name="trait_updates")
+_T_ALIASES = ibis.table(ibis.Schema.from_pyarrow(ONE_ID_ALIASES), name="one_id_aliases")
+_T_KEYS = ibis.table(ibis.Schema.from_pyarrow(PERSON_KEYS), name="person_keys")
+
+
 def traits_as_of(warehouse: Warehouse, ids: list[str], at: datetime) -> dict[str, dict[str, Any]]:
-    """Latest value of every trait of each person in ``ids`` as of ``at`` (one query)."""
+    """Latest value of every trait of each person in ``ids`` as of ``at`` (one query).
+
+    The rows are found by key: the people's own keys (``person_keys``) and the
+    keys merged into them (``one_id_aliases``), so the trait table is read by
+    an integer filter and never joined on text.
+    """
     if not ids:
         return {}
-    tr = ibis.table(ibis.Schema.from_pyarrow(TRAIT_UPDATES), name="trait_updates")
-    aliases = ibis.table({"alias": "string", "one_id": "string"}, name="one_id_aliases")
-    # Rows stored under the people's own ids or under ids merged into them, found
-    # before the alias join (which then sees a few rows, not the whole table).
-    merged = aliases.filter(aliases["one_id"].isin(ids))["alias"]
-    own = tr["one_id"].isin(ids) | tr["one_id"].isin(merged)
-    j = tr.filter(tr["timestamp"] <= instant(at), own).left_join(aliases, [("one_id", "alias")])
-    rows = j.select(
-        person_id=ibis.coalesce(j["one_id_right"], j["one_id"]),
-        key=j["key"],
-        value=j["value"],
-        number=j["number"],
-        timestamp=j["timestamp"],
-    ).filter(lambda t: t["person_id"].isin(ids))
-    latest = rows.group_by(["person_id", "key"]).aggregate(
-        value=rows["value"].argmax(rows["timestamp"]),
-        number=rows["number"].argmax(rows["timestamp"]),
+    own = _T_KEYS.filter(_T_KEYS["one_id"].isin(ids))
+    merged = _T_ALIASES.filter(_T_ALIASES["one_id"].isin(ids), _T_ALIASES["alias_key"].notnull())
+    key_map = own.select(raw=own["person_key"].cast("int64"), owner=own["one_id"]).union(
+        merged.select(raw=merged["alias_key"], owner=merged["one_id"])
+    )
+    tr = _T_TRAITS.filter(_T_TRAITS["timestamp"] <= instant(at))
+    j = tr.join(key_map, tr["person_key"] == key_map["raw"])
+    latest = j.group_by(["owner", "key"]).aggregate(
+        value=j["value"].argmax(j["timestamp"]),
+        number=j["number"].argmax(j["timestamp"]),
     )
     out: dict[str, dict[str, Any]] = {}
     table = warehouse.query(str(ibis.to_sql(latest, dialect=warehouse.dialect)))
     for row in table.to_pylist():
         value: Any = row["number"] if row["number"] is not None else row["value"]
-        out.setdefault(str(row["person_id"]), {})[str(row["key"])] = value
+        out.setdefault(str(row["owner"]), {})[str(row["key"])] = value
     return {k: dict(sorted(v.items())) for k, v in out.items()}
 
 
@@ -583,7 +597,7 @@ def materialise(stores: Stores, segment_id: str, at: datetime | None = None) -> 
     wh.execute(
         "INSERT INTO segment_members (segment_id, one_id, snapshot_at) "
         f"SELECT {string_literal(wh, segment_id)}, m.one_id, {timestamp_literal(wh, when)} "
-        f"FROM ({compiled.sql(wh.dialect)}) AS m"
+        f"FROM ({compiled.sql(wh.dialect, pretty=False)}) AS m"
     )
     current = _snapshot_rows(segment_id, when)
     if previous is not None:

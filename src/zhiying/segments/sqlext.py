@@ -18,6 +18,12 @@ in the server's time zone on ClickHouse. Small operations fill the gaps:
   literal with its quotes; PostgreSQL's own ``(arg).field`` reads a field of
   a composite type. Other dialects compile it as ibis's ``StructField``.
 
+- ``NullIfNoRows(arg, rows)``: the aggregate ``arg``, NULL when the group had
+  no row for it (``rows`` = 0). ClickHouse's ``minIf``/``maxIf``/``argMaxIf``
+  return the type's default (1970-01-01, ``''``) over no rows, so it compiles
+  to ``if(rows > 0, arg, NULL)`` there; DuckDB, PostgreSQL and Spark already
+  return NULL and get ``arg`` alone (one aggregate fewer per row).
+
 Rules are registered on ibis's compiler classes once, at import; the
 expression built by ``zhiying.segments.compiler`` is the same for every
 dialect and only ``ibis.to_sql(expr, dialect=...)`` differs.
@@ -81,6 +87,16 @@ class LatestValue(ops.ArgMax):  # type: ignore[misc]
     """
 
 
+class NullIfNoRows(ops.Value):  # type: ignore[misc]
+    """``arg`` (an aggregate), NULL when ``rows`` (the count of rows it read) is 0."""
+
+    arg: ops.Value
+    rows: ops.Value[dt.Integer]
+
+    dtype = rlz.dtype_like("arg")
+    shape = rlz.shape_like("arg")
+
+
 class ElementField(ops.StructField):  # type: ignore[misc]
     """Field ``field`` of the struct ``arg`` (see the module docstring)."""
 
@@ -101,6 +117,11 @@ def json_scalar(arg: ir.StringValue, path: tuple[str, ...], kind: JsonKind) -> i
 def latest_value(arg: ir.Column, key: ir.Column, where: ir.BooleanValue | None = None) -> ir.Scalar:
     """The ``arg`` of the row with the greatest ``key`` (among rows passing ``where``)."""
     return LatestValue(arg, key, where=where).to_expr()
+
+
+def null_if_no_rows(arg: ir.Value, rows: ir.IntegerValue) -> ir.Value:
+    """``arg``, or NULL when ``rows`` is 0 (see the module docstring)."""
+    return NullIfNoRows(arg, rows).to_expr()
 
 
 def element_field(arg: ir.StructValue, field: str) -> ir.Value:
@@ -243,6 +264,14 @@ def _latest_generic(self: Any, op: LatestValue, *, arg: Any, key: Any, where: An
     return self.visit_ArgMax(op, arg=arg, key=key, where=where)
 
 
+def _null_if_no_rows_clickhouse(self: Any, op: NullIfNoRows, *, arg: Any, rows: Any) -> Any:
+    return self.if_(sge.GT(this=rows, expression=sge.convert(0)), arg, sge.null())
+
+
+def _null_if_no_rows_generic(self: Any, op: NullIfNoRows, *, arg: Any, rows: Any) -> Any:
+    return arg
+
+
 _RULES: dict[type, tuple[Any, Any]] = {
     DuckDBCompiler: (_duckdb_json, _instant_cast),
     ClickHouseCompiler: (_clickhouse_json, _instant_clickhouse),
@@ -267,5 +296,9 @@ for _compiler, (_json_rule, _instant_rule) in _RULES.items():
     setattr(_compiler, "visit_UtcInstant", _instant_rule)  # noqa: B010
     _latest_rule = _latest_duckdb if _compiler is DuckDBCompiler else _latest_generic
     setattr(_compiler, "visit_LatestValue", _latest_rule)  # noqa: B010
+    _empty_rule = (
+        _null_if_no_rows_clickhouse if _compiler is ClickHouseCompiler else _null_if_no_rows_generic
+    )
+    setattr(_compiler, "visit_NullIfNoRows", _empty_rule)  # noqa: B010
     _field_rule = _field_postgres if _compiler is PostgresCompiler else _field_generic
     setattr(_compiler, "visit_ElementField", _field_rule)  # noqa: B010

@@ -1,79 +1,83 @@
 WITH "t12" AS (
   SELECT
-    "t10"."person_id",
-    CASE
-      WHEN COUNT(*) FILTER(WHERE
-        "t10"."key" = 'city') > 0
-      THEN ARG_MAX_NULL("t10"."value", "t10"."timestamp") FILTER(WHERE
-        "t10"."key" = 'city')
-      ELSE CAST(NULL AS TEXT)
-    END AS "t0"
+    COALESCE("t3"."person_key", "t8"."stored_key") AS "person",
+    "t8"."key",
+    "t8"."value",
+    "t8"."number",
+    "t8"."timestamp"
   FROM (
     SELECT
-      COALESCE("t3"."one_id", "t7"."one_id") AS "person_id",
-      "t7"."key",
-      "t7"."value",
-      "t7"."number",
-      "t7"."timestamp"
-    FROM (
-      SELECT
-        *
-      FROM "trait_updates" AS "t0"
-      WHERE
-        "t0"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
-        AND "t0"."key" IN ('city')
-    ) AS "t7"
-    LEFT OUTER JOIN "one_id_aliases" AS "t3"
-      ON "t7"."one_id" = "t3"."alias"
-  ) AS "t10"
-  GROUP BY
-    1
-), "t15" AS (
+      "t1"."key",
+      "t1"."value",
+      "t1"."number",
+      "t1"."timestamp",
+      "t1"."person_key" AS "stored_key"
+    FROM "trait_updates" AS "t1"
+    WHERE
+      "t1"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
+      AND "t1"."key" IN ('city')
+  ) AS "t8"
+  LEFT OUTER JOIN "one_id_aliases" AS "t3"
+    ON "t8"."stored_key" = "t3"."alias_key"
+), "t16" AS (
   SELECT
-    "t13"."person_id"
-  FROM "t12" AS "t13"
-  WHERE
-    COALESCE("t13"."t0" = 'Beijing', FALSE)
-)
-SELECT
-  "t30"."person_id" AS "one_id"
-FROM (
-  SELECT
-    "t17"."person_id",
-    "t17"."t0",
-    "t29"."e1",
-    "t29"."e2",
-    "t29"."e3"
+    "t15"."person",
+    ARG_MAX_NULL("t15"."value", "t15"."timestamp") FILTER(WHERE
+      "t15"."key" = 'city') AS "t0"
   FROM (
     SELECT
       *
     FROM "t12" AS "t13"
     WHERE
-      COALESCE("t13"."t0" = 'Beijing', FALSE)
-  ) AS "t17"
-  LEFT OUTER JOIN (
+      "t13"."person" IN (
+        SELECT
+          "t13"."person"
+        FROM "t12" AS "t13"
+        WHERE
+          "t13"."key" = 'city' AND COALESCE("t13"."value" = 'Beijing', FALSE)
+      )
+  ) AS "t15"
+  GROUP BY
+    1
+)
+SELECT
+  "k"."one_id"
+FROM (
+  SELECT
+    "t30"."person" AS "person_key"
+  FROM (
     SELECT
-      "t27"."person_id" AS "k_events",
-      "t27"."e1",
-      "t27"."e2",
-      "t27"."e3"
+      "t21"."person",
+      "t21"."t0",
+      "t29"."e1",
+      "t29"."e2",
+      "t29"."e3"
     FROM (
       SELECT
-        "t26"."person_id",
-        COUNT(*) FILTER(WHERE
-          "t26"."row_set" = 0) AS "e1",
-        COUNT(*) FILTER(WHERE
-          "t26"."row_set" = 1) AS "e2",
-        COUNT(*) FILTER(WHERE
-          "t26"."row_set" = 2) AS "e3"
+        *
+      FROM "t16" AS "t17"
+      WHERE
+        COALESCE("t17"."t0" = 'Beijing', FALSE)
+    ) AS "t21"
+    LEFT OUTER JOIN (
+      SELECT
+        "t27"."person" AS "k_events",
+        "t27"."e1",
+        "t27"."e2",
+        "t27"."e3"
       FROM (
         SELECT
-          *
+          "t26"."person",
+          COUNT(*) FILTER(WHERE
+            "t26"."row_set" = 0) AS "e1",
+          COUNT(*) FILTER(WHERE
+            "t26"."row_set" = 1) AS "e2",
+          COUNT(*) FILTER(WHERE
+            "t26"."row_set" = 2) AS "e3"
         FROM (
           SELECT
-            COALESCE("t3"."one_id", "t24"."one_id") AS "person_id",
-            "t24"."timestamp",
-            "t24"."row_set"
+            "t25"."owner" AS "person",
+            "t11"."row_set"
           FROM (
             SELECT
               *
@@ -82,111 +86,98 @@ FROM (
                 *
               FROM (
                 SELECT
-                  *
-                FROM (
-                  SELECT
-                    "t2"."one_id",
-                    "t2"."timestamp",
-                    0 AS "row_set"
-                  FROM "events" AS "t2"
-                  WHERE
-                    "t2"."event" = 'Application Opened'
-                    AND "t2"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
-                    AND "t2"."timestamp" >= CAST('2026-08-03 09:00:00.000000' AS TIMESTAMP)
-                ) AS "t6"
-                UNION ALL
-                SELECT
-                  *
-                FROM (
-                  SELECT
-                    "t2"."one_id",
-                    "t2"."timestamp",
-                    1 AS "row_set"
-                  FROM "events" AS "t2"
-                  WHERE
-                    "t2"."event" = 'Order Completed'
-                    AND "t2"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
-                ) AS "t5"
-              ) AS "t8"
+                  "t0"."person_key" AS "stored_key",
+                  0 AS "row_set"
+                FROM "events" AS "t0"
+                WHERE
+                  "t0"."event" = 'Application Opened'
+                  AND "t0"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
+                  AND "t0"."timestamp" >= CAST('2026-08-03 09:00:00.000000' AS TIMESTAMP)
+              ) AS "t5"
               UNION ALL
               SELECT
                 *
               FROM (
                 SELECT
-                  "t2"."one_id",
-                  "t2"."timestamp",
-                  2 AS "row_set"
-                FROM "events" AS "t2"
+                  "t0"."person_key" AS "stored_key",
+                  1 AS "row_set"
+                FROM "events" AS "t0"
                 WHERE
-                  "t2"."event" = 'Order Completed'
-                  AND "t2"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
-                  AND "t2"."timestamp" >= CAST('2026-10-25 09:00:00.000000' AS TIMESTAMP)
-                  AND COALESCE(
-                    LIST_BOOL_OR(
-                      LIST_APPLY(
-                        "t2"."products",
-                        LAMBDA __ibis_param_p__ : COALESCE((
-                          __ibis_param_p__
-                        )."brand" = 'Shiseido', FALSE)
-                      )
-                    ),
-                    FALSE
-                  )
-              ) AS "t9"
-            ) AS "t11"
-            WHERE
-              "t11"."one_id" IN (
-                SELECT
-                  *
-                FROM (
-                  SELECT
-                    *
-                  FROM (
-                    SELECT
-                      "t13"."person_id" AS "raw"
-                    FROM "t12" AS "t13"
-                    WHERE
-                      COALESCE("t13"."t0" = 'Beijing', FALSE)
-                  ) AS "t16"
-                  UNION ALL
-                  SELECT
-                    *
-                  FROM (
-                    SELECT
-                      CAST("t19"."alias" AS TEXT) AS "raw"
-                    FROM (
-                      SELECT
-                        *
-                      FROM "one_id_aliases" AS "t1"
-                      WHERE
-                        "t1"."one_id" IN (
-                          SELECT
-                            *
-                          FROM "t15"
-                        )
-                    ) AS "t19"
-                  ) AS "t20"
-                ) AS "t21"
-              )
-          ) AS "t24"
-          LEFT OUTER JOIN "one_id_aliases" AS "t3"
-            ON "t24"."one_id" = "t3"."alias"
-        ) AS "t25"
-        WHERE
-          "t25"."person_id" IN (
+                  "t0"."event" = 'Order Completed'
+                  AND "t0"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
+              ) AS "t4"
+            ) AS "t7"
+            UNION ALL
             SELECT
               *
-            FROM "t15"
-          )
-      ) AS "t26"
-      GROUP BY
-        1
-    ) AS "t27"
-  ) AS "t29"
-    ON "t17"."person_id" = "t29"."k_events"
-) AS "t30"
-WHERE
-  COALESCE("t30"."t0" = 'Beijing', FALSE)
-  AND COALESCE(COALESCE("t30"."e1", 0) >= 3.0, FALSE)
-  AND COALESCE(COALESCE("t30"."e2", 0) >= 1.0, FALSE)
-  AND COALESCE("t30"."e3", 0) = 0
+            FROM (
+              SELECT
+                "t0"."person_key" AS "stored_key",
+                2 AS "row_set"
+              FROM "events" AS "t0"
+              WHERE
+                "t0"."event" = 'Order Completed'
+                AND "t0"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
+                AND "t0"."timestamp" >= CAST('2026-10-25 09:00:00.000000' AS TIMESTAMP)
+                AND COALESCE(
+                  ARRAY_CONTAINS(
+                    LIST_APPLY("t0"."products", LAMBDA __ibis_param_p__ : (
+                      __ibis_param_p__
+                    )."brand"),
+                    'Shiseido'
+                  ),
+                  FALSE
+                )
+            ) AS "t9"
+          ) AS "t11"
+          INNER JOIN (
+            SELECT
+              *
+            FROM (
+              SELECT
+                "t17"."person" AS "raw",
+                "t17"."person" AS "owner"
+              FROM "t16" AS "t17"
+              WHERE
+                COALESCE("t17"."t0" = 'Beijing', FALSE)
+            ) AS "t19"
+            UNION ALL
+            SELECT
+              *
+            FROM (
+              SELECT
+                "t22"."alias_key" AS "raw",
+                "t22"."person_key" AS "owner"
+              FROM (
+                SELECT
+                  *
+                FROM "one_id_aliases" AS "t2"
+                WHERE
+                  "t2"."person_key" IN (
+                    SELECT
+                      "t17"."person"
+                    FROM "t16" AS "t17"
+                    WHERE
+                      COALESCE("t17"."t0" = 'Beijing', FALSE)
+                  )
+                  AND "t2"."alias_key" IS NOT NULL
+              ) AS "t22"
+            ) AS "t23"
+          ) AS "t25"
+            ON "t11"."stored_key" = "t25"."raw"
+        ) AS "t26"
+        GROUP BY
+          1
+      ) AS "t27"
+    ) AS "t29"
+      ON "t21"."person" = "t29"."k_events"
+  ) AS "t30"
+  WHERE
+    COALESCE("t30"."t0" = 'Beijing', FALSE)
+    AND COALESCE(COALESCE("t30"."e1", 0) >= 3.0, FALSE)
+    AND COALESCE(COALESCE("t30"."e2", 0) >= 1.0, FALSE)
+    AND COALESCE("t30"."e3", 0) = 0
+    AND "t30"."person" IS NOT NULL
+) AS "m"
+INNER JOIN "person_keys" AS "k"
+  ON "m"."person_key" = "k"."person_key"
