@@ -310,7 +310,9 @@ def _long(wide: ir.Table, outs: dict[str, _Out], ctx: _Context) -> ir.Table:
         ibis.struct({"tag": ibis.literal(name), "value": out.value, "number": out.number})
         for name, out in outs.items()
     ]
-    unnested = with_one_id(wide.select(person=wide.person, entry=ibis.array(entries).unnest()))
+    # Back to ONE_IDs on the wide table (one row per person), before the unnest multiplies it.
+    keyed = with_one_id(wide)
+    unnested = keyed.select(one_id=keyed.one_id, entry=ibis.array(entries).unnest())
     rows = unnested.select(
         one_id=unnested.one_id,
         tag=unnested.entry["tag"],
