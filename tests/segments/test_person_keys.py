@@ -166,3 +166,29 @@ def test_preview_counts_and_samples_from_one_evaluation(wh_stores: Stores) -> No
     )
     empty = service.preview(wh_stores, nobody, AT, sample=3)
     assert (empty.count, empty.sample) == (0, [])
+
+
+def test_trait_values_set_at_the_same_instant_resolve_by_the_greater_message_id(
+    wh_stores: Stores,
+) -> None:
+    # Same timestamp; the greater message id arrives first for some people and last
+    # for others, so neither "first seen" nor "last seen" passes by luck.
+    at = _days(1)
+    load(
+        wh_stores.warehouse,
+        Dataset(
+            trait_updates=[
+                trait("p1", "city", "Shanghai", at, "m-2"),
+                trait("p1", "city", "Beijing", at, "m-1"),
+                trait("p2", "city", "Beijing", at, "m-1"),
+                trait("p2", "city", "Shanghai", at, "m-0"),
+                trait("p3", "city", "Shanghai", at, "m-0"),
+                trait("p3", "city", "Beijing", at, "m-1"),
+                trait("p4", "city", "Beijing", at, "m-1"),
+                trait("p4", "city", "Shanghai", at, "m-2"),
+            ]
+        ),
+    )
+    doc = {"type": "trait", "trait": "city", "op": "eq", "value": "Beijing"}
+    assert _members(wh_stores, doc) == {"p2", "p3"}
+    assert _count(wh_stores, doc) == 2

@@ -550,13 +550,21 @@ class _Compiler:
     def _latest(self, source: Source, name: str, column: str) -> str:
         """Feature: the latest ``column`` of attribute ``name`` (NULL if that row's is NULL)."""
         name_col, order_col = _NAME_COLUMNS[source]
+
+        def order(r: ir.Table) -> ir.Value:
+            # Two trait values set at the same instant: the greater message id wins, as in
+            # the operational store and on profiles (``profiles.service.upsert_traits``).
+            if source == "traits":
+                return ibis.struct({"t": r[order_col], "m": r["message_id"]})
+            return r[order_col]
+
         return self.f.add(
             source,
             f"{name}\x00{column}",
             lambda r: if_any(
                 r,
                 r[name_col] == name,
-                sqlext.latest_value(r[column], r[order_col], where=r[name_col] == name),
+                sqlext.latest_value(r[column], order(r), where=r[name_col] == name),
             ),
         )
 
@@ -864,7 +872,7 @@ def _stored_rows(source: Source, f: _Features, at: datetime) -> tuple[ir.Table, 
         t = _T_TRAITS.filter(
             _T_TRAITS["timestamp"] <= at_lit, _T_TRAITS["key"].isin(sorted(f.trait_keys))
         )
-        columns = ["key", "value", "number", "timestamp"]
+        columns = ["key", "value", "number", "timestamp", "message_id"]
         return t.select(*columns, **{STORED: t["person_key"]}), columns
     if source == "tags":
         raw = _T_TAGS.filter(_T_TAGS["tag"].isin(sorted(f.tag_names)))

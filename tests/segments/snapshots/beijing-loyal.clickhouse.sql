@@ -4,13 +4,15 @@ WITH "t12" AS (
     "t8"."key" AS "key",
     "t8"."value" AS "value",
     "t8"."number" AS "number",
-    "t8"."timestamp" AS "timestamp"
+    "t8"."timestamp" AS "timestamp",
+    "t8"."message_id" AS "message_id"
   FROM (
     SELECT
       "t1"."key" AS "key",
       "t1"."value" AS "value",
       "t1"."number" AS "number",
       "t1"."timestamp" AS "timestamp",
+      "t1"."message_id" AS "message_id",
       "t1"."person_key" AS "stored_key"
     FROM "trait_updates" AS "t1"
     WHERE
@@ -24,7 +26,11 @@ WITH "t12" AS (
     "t15"."person" AS "person",
     CASE
       WHEN countIf("t15"."key" = 'city') > 0
-      THEN argMaxIf(tuple("t15"."value"), "t15"."timestamp", "t15"."key" = 'city').1
+      THEN argMaxIf(
+        tuple("t15"."value"),
+        tuple("t15"."timestamp", "t15"."message_id"),
+        "t15"."key" = 'city'
+      ).1
       ELSE NULL
     END AS "t0"
   FROM (

@@ -4,13 +4,15 @@ WITH "t12" AS (
     "t8"."key",
     "t8"."value",
     "t8"."number",
-    "t8"."timestamp"
+    "t8"."timestamp",
+    "t8"."message_id"
   FROM (
     SELECT
       "t1"."key",
       "t1"."value",
       "t1"."number",
       "t1"."timestamp",
+      "t1"."message_id",
       "t1"."person_key" AS "stored_key"
     FROM "trait_updates" AS "t1"
     WHERE
@@ -22,7 +24,7 @@ WITH "t12" AS (
 ), "t16" AS (
   SELECT
     "t15"."person",
-    ARG_MAX_NULL("t15"."value", "t15"."timestamp") FILTER(WHERE
+    ARG_MAX_NULL("t15"."value", {'t': "t15"."timestamp", 'm': "t15"."message_id"}) FILTER(WHERE
       "t15"."key" = 'city') AS "t0"
   FROM (
     SELECT

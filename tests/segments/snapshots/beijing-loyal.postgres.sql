@@ -4,13 +4,15 @@ WITH "t12" AS (
     "t8"."key",
     "t8"."value",
     "t8"."number",
-    "t8"."timestamp"
+    "t8"."timestamp",
+    "t8"."message_id"
   FROM (
     SELECT
       "t1"."key",
       "t1"."value",
       "t1"."number",
       "t1"."timestamp",
+      "t1"."message_id",
       "t1"."person_key" AS "stored_key"
     FROM "trait_updates" AS "t1"
     WHERE
@@ -23,8 +25,11 @@ WITH "t12" AS (
   SELECT
     "t15"."person",
     (
-      ARRAY_AGG("t15"."value" ORDER BY "t15"."timestamp" DESC NULLS LAST) FILTER(WHERE
-        "t15"."timestamp" IS NOT NULL AND "t15"."key" = 'city')
+      ARRAY_AGG(
+        "t15"."value" ORDER BY ROW(CAST("t15"."timestamp" AS TIMESTAMP(6)), CAST("t15"."message_id" AS VARCHAR)) DESC NULLS LAST
+      ) FILTER(WHERE
+        ROW(CAST("t15"."timestamp" AS TIMESTAMP(6)), CAST("t15"."message_id" AS VARCHAR)) IS NOT NULL
+        AND "t15"."key" = 'city')
     )[1] AS "t0"
   FROM (
     SELECT

@@ -4,13 +4,15 @@ WITH `t12` AS (
     `t8`.`key`,
     `t8`.`value`,
     `t8`.`number`,
-    `t8`.`timestamp`
+    `t8`.`timestamp`,
+    `t8`.`message_id`
   FROM (
     SELECT
       `t1`.`key`,
       `t1`.`value`,
       `t1`.`number`,
       `t1`.`timestamp`,
+      `t1`.`message_id`,
       `t1`.`person_key` AS `stored_key`
     FROM `trait_updates` AS `t1`
     WHERE
@@ -24,7 +26,11 @@ WITH `t12` AS (
     `t15`.`person`,
     MAX_BY(
       IF(`t15`.`key` = 'city', `t15`.`value`, NULL),
-      IF(`t15`.`key` = 'city', `t15`.`timestamp`, NULL)
+      IF(
+        `t15`.`key` = 'city',
+        STRUCT(`t15`.`timestamp` AS `t`, `t15`.`message_id` AS `m`),
+        NULL
+      )
     ) AS `t0`
   FROM (
     SELECT
