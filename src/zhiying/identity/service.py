@@ -414,16 +414,25 @@ def _cache_hits(cache: IdentityCache, events: pa.Table, now: datetime) -> _Hits:
     )
     touched: dict[Ident, Seen] = {}
     if len(moved):
-        names = cache.names(found.owner[moved])
-        for j, t, one_id in zip(moved.tolist(), at[moved].tolist(), names, strict=True):
-            identifier = cache_ident(ids.keys[j])
-            was = touched.get(identifier)
-            if was is None:
-                first, last = int(found.first_us[j]), int(found.last_us[j])
-                touched[identifier] = Seen(one_id, min(first, t), max(last, t))
-            else:
-                was.first_us = min(was.first_us, t)
-                was.last_us = max(was.last_us, t)
+        # One entry per distinct identifier: rows grouped with Arrow and NumPy, so only
+        # distinct identifiers reach Python (a day of a busy person moves many rows).
+        encoded = pa.array(ids.keys, pa.string()).take(pa.array(moved)).dictionary_encode()
+        group = encoded.indices.to_numpy(zero_copy_only=False)
+        size = len(encoded.dictionary)
+        first = np.full(size, np.iinfo(np.int64).max, dtype=np.int64)
+        last = np.full(size, np.iinfo(np.int64).min, dtype=np.int64)
+        np.minimum.at(first, group, np.minimum(at[moved], found.first_us[moved]))
+        np.maximum.at(last, group, np.maximum(at[moved], found.last_us[moved]))
+        owner = np.empty(size, dtype=np.int64)
+        owner[group] = found.owner[moved]
+        for text, one_id, f, last_us in zip(
+            encoded.dictionary.to_pylist(),
+            cache.names(owner),
+            first.tolist(),
+            last.tolist(),
+            strict=True,
+        ):
+            touched[cache_ident(text)] = Seen(one_id, f, last_us)
     codes, rows_code = np.unique(low[hit], return_inverse=True)
     owners = pa.array(cache.names(codes), pa.string())
     return _Hits(hit, owners, rows_code.astype(np.int64), touched)
