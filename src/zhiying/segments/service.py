@@ -67,6 +67,7 @@ from zhiying.segments.models import (
     rule_json,
     to_utc,
 )
+from zhiying.segments.plans import PLANS, PlannedRule, reads_segments
 from zhiying.store.tables import segment_snapshots, segments
 from zhiying.warehouse import Warehouse
 from zhiying.warehouse.events import append_events, string_literal, timestamp_literal
@@ -261,10 +262,17 @@ def prepare(
     at: datetime,
     conn: Connection | None = None,
     overrides: dict[str, Rule] | None = None,
-) -> CompiledRule:
-    """Check the names ``rule`` uses and compile it as of ``at``."""
+) -> CompiledRule | PlannedRule:
+    """Check the names ``rule`` uses and compile it as of ``at``.
+
+    A rule that reads no other segment goes through this process's plans
+    (``segments.plans``): compiled once, re-aimed at later instants without
+    compiling. One that does reads the catalog (snapshots) now.
+    """
     check_names(stores.warehouse, rule)
     check_tags_and_layers(stores, rule)
+    if not reads_segments(rule):
+        return PLANS.compiled(rule, at)
     if conn is not None:
         return compile_rule(rule, at, StoreCatalog(conn, overrides))
     with stores.engine.connect() as own:
