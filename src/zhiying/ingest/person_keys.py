@@ -22,7 +22,6 @@ maps it to the owner's.
 from __future__ import annotations
 
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import Connection, Engine
 
+from zhiying.store.engine import PerEngine
 from zhiying.warehouse.base import Warehouse
 from zhiying.warehouse.schema import ONE_ID_ALIASES, PERSON_KEYS
 
@@ -153,17 +153,8 @@ class PersonKeys:
         return list(range(start, start + count))
 
 
-_registry: weakref.WeakKeyDictionary[Engine, PersonKeys] = weakref.WeakKeyDictionary()
-_registry_lock = threading.Lock()
-
-
-def person_keys(engine: Engine) -> PersonKeys:
-    """This process's :class:`PersonKeys` for the operational store behind ``engine``."""
-    with _registry_lock:
-        keys = _registry.get(engine)
-        if keys is None:
-            keys = _registry[engine] = PersonKeys()
-        return keys
+person_keys = PerEngine(PersonKeys)
+"""This process's :class:`PersonKeys` for the operational store behind an engine."""
 
 
 def keyed_aliases(

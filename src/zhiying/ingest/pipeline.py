@@ -42,15 +42,12 @@ has one writer and the dedup check must see every earlier batch.
 
 from __future__ import annotations
 
-import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
 import pyarrow as pa
-from sqlalchemy import Engine
 
 from zhiying.identity.cache import IdentityCache
 from zhiying.identity.service import resolve_events
@@ -58,6 +55,7 @@ from zhiying.ingest.person_keys import keyed_aliases, person_keys
 from zhiying.profiles.service import upsert_traits
 from zhiying.profiles.traits import trait_updates
 from zhiying.runtime import Stores
+from zhiying.store.engine import PerEngine
 from zhiying.warehouse.events import (
     EVENT_WRITER,
     first_indices,
@@ -70,17 +68,8 @@ from zhiying.warehouse.schema import EVENTS
 _ONE_ID = EVENTS.get_field_index("one_id")
 _PERSON_KEY = EVENTS.get_field_index("person_key")
 
-_caches: weakref.WeakKeyDictionary[Engine, IdentityCache] = weakref.WeakKeyDictionary()
-_caches_lock = threading.Lock()
-
-
-def identity_cache(engine: Engine) -> IdentityCache:
-    """This process's identifier cache for the operational store behind ``engine``."""
-    with _caches_lock:
-        cache = _caches.get(engine)
-        if cache is None:
-            cache = _caches[engine] = IdentityCache()
-        return cache
+identity_cache = PerEngine(IdentityCache)
+"""This process's identifier cache for the operational store behind an engine."""
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+T = TypeVar("T")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -57,3 +62,24 @@ def upgrade(url: str, revision: str = "heads") -> None:
     Each package's migrations branch from ``0001_foundation``; ``heads`` applies them all.
     """
     command.upgrade(alembic_config(url), revision)
+
+
+class PerEngine(Generic[T]):
+    """One ``T`` per operational store of this process (made by ``factory`` on first use).
+
+    Process-level state that describes a store (the identity cache, the pool of
+    person keys) must not leak between two stores opened by one process (tests
+    do), nor keep a disposed engine alive: the map holds engines weakly.
+    """
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._items: weakref.WeakKeyDictionary[Engine, T] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def __call__(self, engine: Engine) -> T:
+        with self._lock:
+            item = self._items.get(engine)
+            if item is None:
+                item = self._items[engine] = self._factory()
+            return item

@@ -279,9 +279,7 @@ def _keyed_select(warehouse: Warehouse) -> str:
     )
 
 
-def replace_aliases(
-    warehouse: Warehouse, aliases: pa.Table | Iterable[tuple[str, str]]
-) -> None:
+def replace_aliases(warehouse: Warehouse, aliases: pa.Table | Iterable[tuple[str, str]]) -> None:
     """Point each ``alias`` ONE_ID (and its key) at its current owner, replacing older rows.
 
     ``aliases`` has ``ONE_ID_ALIASES`` columns, one row per alias
