@@ -964,23 +964,19 @@ class CompiledRule:
     def _wrapped(self, dialect: SqlDialect) -> sge.Select:
         """``SELECT … FROM (keys) AS "m"`` with the keys' CTEs hoisted to the top.
 
-        The keys are compiled once per dialect and kept as (CTEs, body). The
-        first query built embeds them as they are; later ones embed copies
-        (a copy costs about a tenth of a compile)."""
+        The keys are compiled once per dialect and kept as (CTEs, body); every
+        query built embeds copies (a copy costs about a tenth of a compile), so
+        the kept trees are never changed and a compiled rule may be shared by
+        threads (``segments.plans``)."""
         parts = self._trees.get(dialect)
         if parts is None:
             compiler = getattr(sql_compilers, dialect).compiler
-            body = compiler.to_sqlglot(self.keys.unbind())
-            ctes = body.args.get("with_")
-            body.set("with_", None)
-            self._trees[dialect] = (ctes, body)
-            fresh = True
-        else:
-            ctes, body = parts
-            fresh = False
-        if not fresh:
-            ctes = ctes.copy() if ctes is not None else None
-            body = body.copy()
+            tree = compiler.to_sqlglot(self.keys.unbind())
+            with_ = tree.args.get("with_")
+            tree.set("with_", None)
+            parts = self._trees[dialect] = (with_, tree)
+        ctes = parts[0].copy() if parts[0] is not None else None
+        body = parts[1].copy()
         alias = sge.TableAlias(this=sge.to_identifier("m", quoted=True))
         query = sge.Select().from_(sge.Subquery(this=body, alias=alias), copy=False)
         if ctes is not None:
