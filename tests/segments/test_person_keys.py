@@ -192,3 +192,9 @@ def test_trait_values_set_at_the_same_instant_resolve_by_the_greater_message_id(
     doc = {"type": "trait", "trait": "city", "op": "eq", "value": "Beijing"}
     assert _members(wh_stores, doc) == {"p2", "p3"}
     assert _count(wh_stores, doc) == 2
+    # The preview's profiles read the same value.
+    shown = service.preview(wh_stores, RULE.validate_python(doc), AT)
+    assert {(p.one_id, p.traits["city"]) for p in shown.sample} == {
+        ("p2", "Beijing"),
+        ("p3", "Beijing"),
+    }

@@ -354,9 +354,10 @@ def traits_as_of(warehouse: Warehouse, ids: list[str], at: datetime) -> dict[str
     )
     tr = _T_TRAITS.filter(_T_TRAITS["timestamp"] <= instant(at))
     j = tr.join(key_map, tr["person_key"] == key_map["raw"])
+    # Latest by (timestamp, message id), as the compiler and the profile order them.
+    order = ibis.struct({"t": j["timestamp"], "m": j["message_id"]})
     latest = j.group_by(["owner", "key"]).aggregate(
-        value=j["value"].argmax(j["timestamp"]),
-        number=j["number"].argmax(j["timestamp"]),
+        value=j["value"].argmax(order), number=j["number"].argmax(order)
     )
     out: dict[str, dict[str, Any]] = {}
     table = warehouse.query(str(ibis.to_sql(latest, dialect=warehouse.dialect)))
