@@ -11,23 +11,22 @@ cached person's ``last_seen`` may lag by less than ``LAST_SEEN_STEP``.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.identity.events import NOW, T0, ev, table
+from tests.identity.replay import replay
 from zhiying.identity.batch import row_identifiers
 from zhiying.identity.cache import LAST_SEEN_STEP, IdentityCache, Seen, ident, key
 from zhiying.identity.service import Resolution, resolve_events
 from zhiying.runtime import Stores
-from zhiying.store import make_engine, upgrade
-from zhiying.store.tables import identifiers, identity_conflicts, merges, one_ids
+from zhiying.store.tables import identifiers, identity_conflicts, one_ids
 
 USERS = [f"u{i}" for i in range(4)]
 ANONS = [f"a{i}" for i in range(6)]
@@ -73,72 +72,17 @@ def streams(draw: st.DrawFn) -> list[dict[str, Any]]:
     return stream
 
 
-_TABLES = ("identity_conflicts", "identity_merges", "identifiers", "one_ids", "identity_generation")
-
-
 def _run(engine: sa.Engine, stream: list[dict[str, Any]], cuts: list[int], cached: bool) -> Any:
-    with engine.begin() as conn:
-        for name in _TABLES:
-            conn.exec_driver_sql(f"DELETE FROM {name}")
     cache = IdentityCache() if cached else None
-    rows = [ev(f"m{i}", e.pop("type_"), **e) for i, e in enumerate(dict(e) for e in stream)]
-    per_row: list[str | None] = []
-    aliases: list[tuple[str, str]] = []
-    counts = []
-    bounds = [0, *sorted(set(cuts)), len(rows)]
-    for start, end in itertools.pairwise(bounds):
-        if end <= start:
-            continue
-        with engine.begin() as conn:
-            r = resolve_events(conn, table(rows[start:end]), NOW, cache)
+
+    def resolve(conn: sa.Connection, rows: pa.Table) -> Resolution:
+        return resolve_events(conn, rows, NOW, cache)
+
+    def committed(r: Resolution) -> None:
         if cache is not None:
             cache.apply(r.generation, r.cache_entries)  # after the commit, as store_events does
-        per_row += r.one_ids.to_pylist()
-        aliases += r.aliases
-        counts.append((r.merges, r.conflicts))
-    with engine.connect() as conn:
-        idents = conn.execute(sa.select(identifiers)).all()
-        ids = conn.execute(sa.select(one_ids)).all()
-        merged = conn.execute(sa.select(merges)).all()
-        conflicts = conn.execute(sa.select(identity_conflicts)).all()
-    # Name every ONE_ID by what identifies it (as in test_setwise), so both runs compare.
-    name: dict[str, str] = {}
-    for i in idents:
-        k = f"{i.kind}:{i.value}"
-        name[i.one_id] = min(name.get(i.one_id, k), k)
-    for m in merged:
-        name.setdefault(m.loser, f"lost:{m.kind}:{m.value}:{m.message_id}")
-    for o in ids:
-        name.setdefault(o.one_id, f"empty@{o.created_at}")
 
-    def n(one_id: str | None) -> str | None:
-        return None if one_id is None else name.get(one_id, "?" + one_id)
-
-    return {
-        "rows": [n(o) for o in per_row],
-        "identifiers": sorted((i.kind, i.value, n(i.one_id), i.first_seen) for i in idents),
-        "last_seen": {(i.kind, i.value): i.last_seen for i in idents},
-        "one_ids": sorted((n(o.one_id), o.created_at, n(o.merged_into), o.merged_at) for o in ids),
-        "merges": sorted(
-            (n(m.winner), n(m.loser), m.kind, m.value, m.reason, m.message_id, m.merged_at)
-            for m in merged
-        ),
-        "conflicts": sorted(
-            (n(c.one_id), n(c.other_one_id), c.kind, c.value, c.rule, c.message_id, c.seen_at)
-            for c in conflicts
-        ),
-        "aliases": sorted((n(a), n(b)) for a, b in aliases),
-        "counts": counts,
-    }
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[sa.Engine]:
-    """An operational store of the parametrised backend (emptied by each run)."""
-    upgrade(database_url)
-    made = make_engine(database_url)
-    yield made
-    made.dispose()
+    return replay(engine, stream, cuts, resolve, committed)
 
 
 @settings(
