@@ -61,13 +61,15 @@ def rows_of(data: Dataset) -> dict[str, list[dict[str, Any]]]:
 
 
 def untied(data: Dataset) -> Dataset:
-    """``data`` without rows that tie for "latest": a second trait, tag or layer row of
-    the same person (after merges) and name with the same timestamp.
+    """``data`` without rows that tie for "latest": a second tag or layer row of the
+    same person (after merges) and name with the same time.
 
-    Which of two tied rows is the latest is not defined: the reference keeps the
-    first, DuckDB's ``arg_max_null`` the first it reads, PostgreSQL's sorted
-    ``array_agg`` and Spark's ``max_by`` either. Dropping the later tied rows
-    leaves the reference's answer unchanged and makes every engine's defined.
+    Which of two tied tag or layer rows is the latest is not defined: the
+    reference keeps the first, DuckDB's ``arg_max_null`` the first it reads,
+    PostgreSQL's sorted ``array_agg`` and Spark's ``max_by`` either. Dropping
+    the later tied rows leaves the reference's answer unchanged and makes every
+    engine's defined. Trait rows are kept: their ties are defined (the greater
+    message id wins, in the compiler and in the reference alike).
     """
 
     def first_of_ties(rows: list[Mapping[str, Any]], name: str, when: str) -> list[Any]:
@@ -83,7 +85,6 @@ def untied(data: Dataset) -> Dataset:
 
     return replace(
         data,
-        trait_updates=first_of_ties(data.trait_updates, "key", "timestamp"),
         tag_values=first_of_ties(data.tag_values, "tag", "computed_at"),
         layer_values=first_of_ties(data.layer_values, "layer", "as_of"),
     )

@@ -63,13 +63,15 @@ class Dataset:
 @dataclass
 class _Person:
     events: list[Row] = field(default_factory=list)
-    traits: dict[str, tuple[datetime, Row]] = field(default_factory=dict)
+    traits: dict[str, tuple[tuple[datetime, str], Row]] = field(default_factory=dict)
     tags: dict[str, tuple[datetime, Row]] = field(default_factory=dict)
     layers: dict[str, tuple[datetime, Row]] = field(default_factory=dict)
     snapshots: set[tuple[str, datetime]] = field(default_factory=set)
 
 
-def _latest(store: dict[str, tuple[datetime, Row]], name: str, when: datetime, row: Row) -> None:
+def _latest(
+    store: dict[str, tuple[Any, Row]], name: str, when: datetime | tuple[datetime, str], row: Row
+) -> None:
     old = store.get(name)
     if old is None or when > old[0]:
         store[name] = (when, row)
@@ -95,7 +97,9 @@ class _Evaluator:
                 person(e["one_id"]).events.append(e)
         for t in data.trait_updates:
             if t["timestamp"] <= self.at:
-                _latest(person(t["one_id"]).traits, t["key"], t["timestamp"], t)
+                # Same instant: the greater message id, as the compiler orders traits.
+                order = (t["timestamp"], t["message_id"])
+                _latest(person(t["one_id"]).traits, t["key"], order, t)
         for g in data.tag_values:
             _latest(person(g["one_id"]).tags, g["tag"], g["computed_at"], g)
         for lv in data.layer_values:
