@@ -218,7 +218,31 @@ def _tn(t: str) -> str:
 
 
 def _jt(expr: str) -> str:
-    return f"coalesce(json_type({expr}), 'NULL')"
+    """``json_type`` of a JSON text, or 'NULL' when absent.
+
+    A valid JSON text that starts with ``"``, ``{`` or ``[`` is a string, an object or an
+    array, so those are told by their first byte without parsing the value (the texts of
+    objects are the long ones); anything else (numbers, literals, leading blanks) is
+    parsed. Callers only pass valid JSON text (``json_type`` would raise otherwise).
+    """
+    return (
+        f"(CASE WHEN {expr} IS NULL THEN 'NULL' ELSE CASE left({expr}::VARCHAR, 1) "
+        f"WHEN '\"' THEN 'VARCHAR' WHEN '{{' THEN 'OBJECT' WHEN '[' THEN 'ARRAY' "
+        f"ELSE coalesce(json_type({expr}), 'NULL') END END)"
+    )
+
+
+def _js(expr: str) -> str:
+    """The string a JSON text holds (NULL unless it is a string), as ``->> '$'`` reads it.
+
+    A string without a backslash has no escapes, so its value is the text between the
+    quotes; others are decoded by the JSON reader.
+    """
+    return (
+        f"(CASE WHEN {_jt(expr)} = 'VARCHAR' THEN CASE WHEN left({expr}::VARCHAR, 1) = '\"' "
+        f"AND NOT contains({expr}::VARCHAR, '\\') THEN ({expr}::VARCHAR)[2:-2] "
+        f"ELSE {expr} ->> '$' END END)"
+    )
 
 
 def _is_num(t: str) -> str:
@@ -363,7 +387,7 @@ def checked_select(
     t_cols = []
     for col in PART_COLUMNS:
         t_cols.append(f"{_jt(col)} AS t_{col}")
-        t_cols.append(f"CASE WHEN json_type({col}) = 'VARCHAR' THEN {col} ->> '$' END AS s_{col}")
+        t_cols.append(f"{_js(col)} AS s_{col}")
     stage_t = f"SELECT *, {', '.join(t_cols)} FROM ({parts_sql})"
 
     # 2. identity keys, kind, texts, timestamps (fast path), property parts.
@@ -413,9 +437,7 @@ def checked_select(
     for i, key in enumerate(props_paths, start=1):
         c_cols.append(f"__pp[{i}]::VARCHAR AS q_{key}")
         c_cols.append(f"{_jt(f'__pp[{i}]')} AS tq_{key}")
-        c_cols.append(
-            f"CASE WHEN json_type(__pp[{i}]) = 'VARCHAR' THEN __pp[{i}] ->> '$' END AS sq_{key}"
-        )
+        c_cols.append(f"{_js(f'__pp[{i}]')} AS sq_{key}")
     stage_c = f"SELECT *, {', '.join(c_cols)} FROM ({stage_b})"
 
     d_cols = [
@@ -696,9 +718,7 @@ def products_sql(parts_sql: str) -> str:
     paths = ", ".join(lit("$." + k) for k in keys)
     where = "'properties.products[' || (__i - 1) || ']'"
     typed = ", ".join(
-        f"{_jt(f'q[{n}]')} AS t{n}, "
-        f"CASE WHEN json_type(q[{n}]) = 'VARCHAR' THEN q[{n}] ->> '$' END AS s{n}"
-        for n in range(1, len(keys) + 1)
+        f"{_jt(f'q[{n}]')} AS t{n}, {_js(f'q[{n}]')} AS s{n}" for n in range(1, len(keys) + 1)
     )
     fields: list[str] = []
     errors: list[_Err] = []

@@ -97,23 +97,29 @@ def lines_sql(path: Path) -> str:
 
 
 def segment_parts_sql(path: Path) -> str:
-    """Message parts of a JSONL file of Segment messages (blank lines skipped)."""
+    """Message parts of a JSONL file of Segment messages (blank lines skipped).
+
+    A line that starts with ``{`` is parsed once: its keys are extracted under
+    ``try``, which yields NULL only for malformed JSON. Only the other lines (not
+    objects, or not JSON) are parsed again to tell which.
+    """
     paths = ", ".join(lit("$." + key) for key, _ in PARTS)
     parts = ", ".join(f"__j[{i}]::VARCHAR AS {col}" for i, (_, col) in enumerate(PARTS, start=1))
     size = (
         f"CASE WHEN strlen(line) > {MAX_EVENT_BYTES - _SIZE_MARGIN} AND __valid "
         f"THEN strlen(json(line)) ELSE strlen(line) END"
     )
+    object_start = "(left(line, 1) = '{' OR regexp_matches(line, '^[ \\t\\r\\n]*[{]'))"
     return (
         f"SELECT __row, line AS __raw, NULL::VARCHAR AS __hsrc, 1 AS __lines, __top, "
         f"coalesce(__top = 'OBJECT', FALSE) AS __ok, {size} AS __size, {parts} "
-        # a valid JSON text whose first non-blank character is { is an object
-        f"FROM (SELECT line, __row, __valid, __top, CASE WHEN __top = 'OBJECT' THEN "
-        f"json_extract(line, [{paths}]) END AS __j "
-        f"FROM (SELECT CASE WHEN NOT __valid THEN NULL "
-        f"WHEN regexp_matches(line, '^[ \\t\\r\\n]*[{{]') THEN 'OBJECT' ELSE json_type(line) "
-        f"END AS __top, line, __row, __valid FROM (SELECT line, __row, json_valid(line) AS __valid "
-        f"FROM ({lines_sql(path)}) WHERE line IS NOT NULL AND regexp_matches(line, '\\S'))))"
+        f"FROM (SELECT line, __row, __j, __valid, CASE WHEN __j IS NOT NULL THEN 'OBJECT' "
+        f"WHEN __valid THEN json_type(line) END AS __top "
+        f"FROM (SELECT line, __row, __j, __j IS NOT NULL OR json_valid(line) AS __valid "
+        f"FROM (SELECT line, __row, CASE WHEN {object_start} THEN "
+        f"try(json_extract(line, [{paths}])) END AS __j "
+        f"FROM ({lines_sql(path)}) "
+        f"WHERE line IS NOT NULL AND (left(line, 1) = '{{' OR regexp_matches(line, '\\S')))))"
     )
 
 
