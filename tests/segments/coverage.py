@@ -148,6 +148,14 @@ def coverage_data() -> Dataset:
                 ],
             )
         )
+    # Money in cents that binary floats cannot hold: a and b average exactly 0.15; d's
+    # 0.29 is 0.28999… as a float (ClickHouse's ``toDecimal64(0.29, 2)`` is 0.28).
+    tips = [("a", 3, "0.10"), ("a", 4, "0.20"), ("b", 3, "0.15"), ("d", 3, "0.29")]
+    for person, age, revenue in tips:
+        data.events.append(
+            event(f"m{next(n)}", person, "Tip Paid", _days(age), revenue=Decimal(revenue))
+        )
+    data.events.append(event(f"m{next(n)}", "c", "Tip Paid", _days(3), revenue=Decimal("0.16")))
     # Events after ``at`` do not exist yet.
     data.events.append(event(f"m{next(n)}", "g", "Push Opened", _days(-1)))
     return data
@@ -246,6 +254,34 @@ RULES: dict[str, dict[str, Any]] = {
         "Order Completed",
         measure={"fn": "max", "property": "properties.revenue", "op": "neq", "value": 199},
     ),
+    # money is summed, averaged and compared exactly (DECIMAL, never float)
+    "money_sum_eq": _ev(
+        "Tip Paid",
+        measure={"fn": "sum", "property": "properties.revenue", "op": "eq", "value": 0.3},
+    ),
+    "money_avg_eq": _ev(
+        "Tip Paid",
+        measure={"fn": "avg", "property": "properties.revenue", "op": "eq", "value": 0.15},
+    ),
+    "money_avg_between": _ev(
+        "Tip Paid",
+        measure={
+            "fn": "avg",
+            "property": "properties.revenue",
+            "op": "between",
+            "values": [0.15, 0.155],
+        },
+    ),
+    "money_avg_neq": _ev(
+        "Tip Paid",
+        measure={"fn": "avg", "property": "properties.revenue", "op": "neq", "value": 0.15},
+    ),
+    "money_where_eq": _ev(
+        "Tip Paid", where=[{"property": "properties.revenue", "op": "eq", "value": 0.29}]
+    ),
+    "money_where_three_decimals": _ev(
+        "Tip Paid", where=[{"property": "properties.revenue", "op": "gte", "value": 0.155}]
+    ),
     "event_sum_json": _ev(
         "Push Opened", measure={"fn": "sum", "property": "properties.size", "op": "gte", "value": 5}
     ),
@@ -263,6 +299,7 @@ RULES: dict[str, dict[str, Any]] = {
     "products_brand_starts_with": _order("properties.products[].brand", "starts_with", "Shi"),
     "products_category_contains": _order("properties.products[].category", "contains", "care"),
     "products_price_gt": _order("properties.products[].price", "gt", 50),
+    "products_price_eq": _order("properties.products[].price", "eq", 19.9),
     "products_quantity_gte": _order("properties.products[].quantity", "gte", 2),
     "products_category_not_set": _order("properties.products[].category", "is_not_set"),
     # events: JSON properties, typed by the JSON value
@@ -297,6 +334,34 @@ RULES: dict[str, dict[str, Any]] = {
         "rules": [{"type": "segment", "segment": "seg_beijing"}, _ev("Push Opened")],
     },
     "segment_snapshot": {"type": "segment", "segment": "seg_vip", "source": "snapshot"},
+    # two events over one window: one scan of the window (``event IN``), tagged by name
+    "same_window_two_events": {
+        "type": "and",
+        "rules": [
+            _ev("Application Opened", window={"last": 30, "unit": "days"}),
+            _ev("Order Completed", performed=False, window={"last": 30, "unit": "days"}),
+        ],
+    },
+    "same_absolute_window_two_events": {
+        "type": "or",
+        "rules": [
+            _ev(
+                "Push Opened",
+                window={
+                    "from": (AT - timedelta(days=40)).isoformat(),
+                    "to": (AT - timedelta(days=2)).isoformat(),
+                },
+                measure={"fn": "count", "op": "gte", "value": 2},
+            ),
+            _ev(
+                "Tip Paid",
+                window={
+                    "from": (AT - timedelta(days=40)).isoformat(),
+                    "to": (AT - timedelta(days=2)).isoformat(),
+                },
+            ),
+        ],
+    },
     # groups
     "or": {
         "type": "or",

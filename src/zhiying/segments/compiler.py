@@ -48,10 +48,12 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal, Protocol
 
 import ibis
 import ibis.backends.sql.compilers as sql_compilers
+import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
 import sqlglot.expressions as sge
 
@@ -223,6 +225,51 @@ def _lit(v: Any) -> Any:
     return v
 
 
+def exact(v: Any) -> Decimal:
+    """A number operand as the decimal it is written as (``999.99`` → ``Decimal("999.99")``):
+    money is compared exactly, never as float."""
+    return v if isinstance(v, Decimal) else Decimal(repr(v))
+
+
+def money(v: Any) -> ir.DecimalScalar:
+    """A DECIMAL literal of ``v`` with exactly its own digits (precision ≥ 18)."""
+    d = exact(v)
+    _, digits, exponent = d.as_tuple()
+    assert isinstance(exponent, int)
+    scale = max(0, -exponent)
+    precision = max(18, len(digits) + max(0, exponent), scale + 1)
+    return sqlext.money(format(d, "f"), precision, scale)
+
+
+def money_compare(
+    col: ir.Value,
+    op: str,
+    value: Any,
+    values: tuple[Any, ...] | None,
+    times: ir.IntegerValue | None = None,
+) -> ir.BooleanValue:
+    """``compare`` on a DECIMAL (or integer) column with DECIMAL literals: exact.
+
+    ``times``: compare with each operand multiplied by it (an average as a sum).
+    An operand with more decimals than money's two (``gte 999.995``) compares
+    with the column widened to its scale.
+    """
+    operands = [exact(v) for v in ([] if value is None else [value]) + list(values or ())]
+    scale = max((max(0, -int(d.as_tuple().exponent)) for d in operands), default=0)
+    if scale > 2:
+        col = col.cast(dt.Decimal(38, scale))
+
+    def lit(v: Any) -> ir.Value:
+        return money(v) if times is None else money(v) * times
+
+    return compare(
+        col,
+        op,
+        None if value is None else lit(value),
+        None if values is None else tuple(lit(v) for v in values),
+    )
+
+
 def compare(col: ir.Value, op: str, value: Any, values: tuple[Any, ...] | None) -> ir.BooleanValue:
     """``col op operand`` as a boolean that is never NULL (missing values per the DSL)."""
     if op == "is_set":
@@ -284,6 +331,10 @@ class _RowSet:
     event: str
     start: datetime | None
     test: Callable[[ir.Table], ir.BooleanValue]
+    # The window's exclusive end (None: up to ``at``) and whether the set has
+    # property filters: sets of one bounded window without filters share a scan.
+    end: datetime | None = None
+    filtered: bool = True
 
 
 @dataclass
@@ -403,10 +454,12 @@ class _Compiler:
 
                 return has
 
+            # Numbers (``price`` is DECIMAL money, ``quantity`` an integer) compare
+            # exactly with DECIMAL literals.
+            test = money_compare if fkind == "number" else compare
+
             def elem(p: ir.StructValue) -> ir.BooleanValue:
-                v = sqlext.element_field(p, fld)
-                v = v.cast("float64") if fkind == "number" else v
-                return compare(v, flt.op, flt.value, flt.values)
+                return test(sqlext.element_field(p, fld), flt.op, flt.value, flt.values)
 
             return lambda r: r["products"].map(elem).anys().fill_null(False)
         if "[]" in prop:
@@ -419,9 +472,11 @@ class _Compiler:
             column, ckind = typed
             self._check_kind(kind, ckind, prop, f"{_pre(path)}value")
 
+            # ``revenue`` is DECIMAL money: compared with DECIMAL literals, exactly.
+            typed_compare = money_compare if ckind == "number" else compare
+
             def typed_test(r: ir.Table) -> ir.BooleanValue:
-                col = r[column].cast("float64") if ckind == "number" else r[column]
-                return compare(col, flt.op, flt.value, flt.values)
+                return typed_compare(r[column], flt.op, flt.value, flt.values)
 
             return typed_test
         if not prop.startswith("properties."):
@@ -456,15 +511,18 @@ class _Compiler:
             field=path,
         )
 
-    def measure_column(self, prop: str, path: str) -> Callable[[ir.Table], ir.NumericValue]:
+    def measure_column(
+        self, prop: str, path: str
+    ) -> tuple[Callable[[ir.Table], ir.NumericValue], bool]:
+        """The column a measure aggregates, and whether it is DECIMAL money (typed
+        ``revenue``: summed, compared and averaged exactly) rather than a JSON number."""
         typed = TYPED_PROPERTIES.get(prop)
         if typed is not None:
             if typed[1] != "number":
                 raise UnsupportedRule(f"{prop} is text; aggregate a number", field=path)
             column = typed[0]
             self.f.event_columns.add(column)
-            # Money stays DECIMAL while it is summed; the aggregate is cast afterwards.
-            return lambda r: r[column]
+            return (lambda r: r[column]), True
         if "[]" in prop:
             raise UnsupportedRule(
                 "aggregates over array elements are not supported; "
@@ -475,12 +533,13 @@ class _Compiler:
             raise UnsupportedRule(f"{prop} is not a numeric event property", field=path)
         keys = tuple(prop.split(".")[1:])
         self.f.event_columns.add("properties")
-        return lambda r: sqlext.json_scalar(r["properties"], keys, "number")
+        return (lambda r: sqlext.json_scalar(r["properties"], keys, "number")), False
 
     def event_rows(
         self, event: str, where: tuple[PropertyFilter, ...], window: Window | None, path: str
-    ) -> tuple[Callable[[ir.Table], ir.BooleanValue], str]:
-        """The test "this aggregated row is one of the condition's events" and a
+    ) -> tuple[Callable[[ir.Table], ir.BooleanValue | None], str]:
+        """The test "this aggregated row is one of the condition's events" (None: every
+        row is, the rule has one row set) and a
         canonical key of that set of events (for deduplication).
 
         The window and property filters are applied once, where the events are
@@ -505,11 +564,18 @@ class _Compiler:
         )
         row_set = self.f.event_sets.get(key)
         if row_set is None:
-            start = bounds[0] if bounds else None
-            row_set = _RowSet(len(self.f.event_sets), event, start, rows)
+            start, end = bounds if bounds else (None, None)
+            row_set = _RowSet(len(self.f.event_sets), event, start, rows, end, bool(where))
             self.f.event_sets[key] = row_set
         number = row_set.number
-        return lambda r: r[ROW_SET] == number, key
+        sets = self.f.event_sets
+
+        def in_set(r: ir.Table) -> ir.BooleanValue | None:
+            # Read when the aggregates are built, after every condition: with one row
+            # set every scanned row is in it (no tag, no filter on the aggregate).
+            return None if len(sets) == 1 else r[ROW_SET] == number
+
+        return in_set, key
 
     # -- attributes (traits, tags, layers) ----------------------------------------------
 
@@ -685,9 +751,24 @@ def _event(c: _Compiler, rule: EventCondition, path: str) -> _Compiled:
             frozenset() if on_empty else frozenset({"events"}),
         )
     assert measure.property is not None
-    column = c.measure_column(measure.property, f"{_pre(path)}measure.property")
+    prop = measure.property
+    column, is_money = c.measure_column(prop, f"{_pre(path)}measure.property")
     fn = measure.fn
     m = measure
+    # Money (``revenue``, DECIMAL) is summed and compared as DECIMAL with DECIMAL
+    # literals, never as float; JSON numbers are float64.
+    measure_compare = money_compare if is_money else compare
+    if is_money and fn == "avg":
+        # avg op v  ⟺  sum op v × n, over n > 0 values: exact, no division (a DECIMAL
+        # average is DOUBLE on DuckDB and a rounded quotient elsewhere).
+        total = c.f.add("events", f"sum\x00{prop}\x00{key}", lambda r: column(r).sum(where=rows(r)))
+        n = c.f.add("events", f"n\x00{prop}\x00{key}", lambda r: column(r).count(where=rows(r)))
+
+        def avg_test(t: ir.Table) -> ir.BooleanValue:
+            count = t[n].fill_null(0)
+            return (count > 0) & money_compare(t[total], m.op, m.value, m.values, times=count)
+
+        return _Compiled(avg_test, False, frozenset({"events"}))
 
     def agg(r: ir.Table) -> ir.Value:
         col = column(r)
@@ -697,22 +778,23 @@ def _event(c: _Compiler, rule: EventCondition, path: str) -> _Compiled:
             "avg": col.mean(where=where),
             "min": col.min(where=where),
             "max": col.max(where=where),
-        }[fn].cast("float64")
+        }[fn]
+        out = out if is_money else out.cast("float64")
         # A sum over no rows is NULL on most engines and 0 on ClickHouse: the test
         # reads it as 0 either way (``fill_null``), so no "any row?" count is needed.
         return out if fn == "sum" else if_any(r, where, out)
 
-    feat = c.f.add("events", f"{fn}\x00{measure.property}\x00{key}", agg)
+    feat = c.f.add("events", f"{fn}\x00{prop}\x00{key}", agg)
     if fn == "sum":
         on_empty = _holds(0.0, m.op, m.value, m.values)
         return _Compiled(
-            lambda t: compare(t[feat].fill_null(0.0), m.op, m.value, m.values),
+            lambda t: measure_compare(t[feat].fill_null(0), m.op, m.value, m.values),
             on_empty,
             frozenset() if on_empty else frozenset({"events"}),
         )
     # avg/min/max of nothing is undefined: false, even for ``neq``.
     return _Compiled(
-        lambda t: t[feat].notnull() & compare(t[feat], m.op, m.value, m.values),
+        lambda t: t[feat].notnull() & measure_compare(t[feat], m.op, m.value, m.values),
         False,
         frozenset({"events"}),
     )
@@ -838,24 +920,44 @@ def _event_scan(f: _Features, at: datetime) -> ir.Table:
     7-day window, not for every order). DuckDB applies ``event IN (a, b)`` to
     prune row groups but not row by row, hence a ``UNION ALL`` of scans
     rather than one scan with an ``OR`` of tests. A row in several sets
-    appears once per set, tagged with the set's number (``ROW_SET``).
+    appears once per set, tagged with the set's number (``ROW_SET``; no tag when
+    there is one set).
+
+    Sets of different events over the same bounded window and without property
+    filters (*viewed in the last 7 days*, *ordered in the last 7 days*) are one
+    scan of that window with ``event IN (…)``, tagged by event name: the time
+    bounds already limit the scan to the window's row groups, and one pass over
+    them costs less than one per event.
     """
     ev = _T_EVENTS
     at_lit = instant(at)
     columns = sorted(f.event_columns)
-    scans: list[ir.Table] = []
+    tagged = len(f.event_sets) > 1
+    groups: dict[tuple[Any, ...], list[_RowSet]] = {}
     for row_set in f.event_sets.values():
-        preds: list[ir.BooleanValue] = [ev["event"] == row_set.event, ev["timestamp"] <= at_lit]
-        if row_set.start is not None:
-            preds.append(ev["timestamp"] >= instant(row_set.start))
-        preds.append(row_set.test(ev))
+        shared = row_set.start is not None and not row_set.filtered
+        key = ("window", row_set.start, row_set.end) if shared else ("set", row_set.number)
+        groups.setdefault(key, []).append(row_set)
+    scans: list[ir.Table] = []
+    for sets in groups.values():
+        first = sets[0]
+        preds: list[ir.BooleanValue] = [ev["timestamp"] <= at_lit]
+        if first.start is not None:
+            preds.append(ev["timestamp"] >= instant(first.start))
+        tag: ir.Value = ibis.literal(first.number, "int32")
+        if len(sets) == 1:
+            preds[:0] = [ev["event"] == first.event]
+            preds.append(first.test(ev))
+        else:
+            preds[:0] = [ev["event"].isin([s.event for s in sets])]
+            if first.end is not None:
+                preds.append(ev["timestamp"] < instant(first.end))
+            tag = ibis.cases(
+                *((ev["event"] == s.event, s.number) for s in sets[:-1]), else_=sets[-1].number
+            ).cast("int32")
         rows = ev.filter(*preds)
-        scans.append(
-            rows.select(
-                *columns,
-                **{STORED: rows["person_key"], ROW_SET: ibis.literal(row_set.number, "int32")},
-            )
-        )
+        tags = {ROW_SET: tag} if tagged else {}
+        scans.append(rows.select(*columns, **{STORED: rows["person_key"]}, **tags))
     out = scans[0]
     for more in scans[1:]:
         out = out.union(more)
@@ -867,7 +969,8 @@ def _stored_rows(source: Source, f: _Features, at: datetime) -> tuple[ir.Table, 
     columns the aggregates need."""
     at_lit = instant(at)
     if source == "events":
-        return _event_scan(f, at), [*sorted(f.event_columns), ROW_SET]
+        tags = [ROW_SET] if len(f.event_sets) > 1 else []
+        return _event_scan(f, at), [*sorted(f.event_columns), *tags]
     if source == "traits":
         t = _T_TRAITS.filter(
             _T_TRAITS["timestamp"] <= at_lit, _T_TRAITS["key"].isin(sorted(f.trait_keys))

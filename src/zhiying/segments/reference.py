@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from zhiying.segments.compiler import (
@@ -164,25 +165,31 @@ def _json_typed(raw: Any, kind: str | None) -> Any:
     return None
 
 
-def _num(v: Any) -> Any:
-    if isinstance(v, Decimal | int) and not isinstance(v, bool):
-        return float(v)
-    return v
+def _exact(v: Any) -> Any:
+    """A typed number (DECIMAL money, an integer) or operand as an exact Decimal."""
+    if v is None or isinstance(v, bool | str):
+        return v
+    return v if isinstance(v, Decimal) else Decimal(repr(v))
+
+
+def _exact_cmp(v: Any, op: str, value: Any, values: tuple[Any, ...] | None) -> bool:
+    """``cmp`` on typed numbers: value and operands as exact decimals (money is never float)."""
+    exact_values = None if values is None else tuple(_exact(x) for x in values)
+    return cmp(_exact(v), op, _exact(value), exact_values)
 
 
 def _filter_holds(flt: PropertyFilter, e: Row) -> bool:
     prop = flt.property
     if prop.startswith(PRODUCTS_PREFIX):
         fld = prop.removeprefix(PRODUCTS_PREFIX)
-        number = PRODUCT_FIELDS[fld] == "number"
+        test = _exact_cmp if PRODUCT_FIELDS[fld] == "number" else cmp
         return any(
-            cmp(_num(item.get(fld)) if number else item.get(fld), flt.op, flt.value, flt.values)
-            for item in e.get("products") or []
+            test(item.get(fld), flt.op, flt.value, flt.values) for item in e.get("products") or []
         )
     typed = TYPED_PROPERTIES.get(prop)
     if typed is not None:
-        raw = e.get(typed[0])
-        return cmp(_num(raw) if typed[1] == "number" else raw, flt.op, flt.value, flt.values)
+        test = _exact_cmp if typed[1] == "number" else cmp
+        return test(e.get(typed[0]), flt.op, flt.value, flt.values)
     keys = prop.split(".")[1:]
     doc = json.loads(e["properties"]) if e.get("properties") else None
     raw = _json_at(doc, keys)
@@ -297,6 +304,26 @@ def _event(ev: _Evaluator, rule: EventCondition, p: _Person) -> bool:
     x: float | None
     if m.fn == "count":
         x = float(len(rows))
+    elif m.property in TYPED_PROPERTIES:
+        # Money: summed, averaged and compared exactly (the average as a fraction).
+        money = [
+            Decimal(v)
+            for v in (r.get(TYPED_PROPERTIES[m.property][0]) for r in rows)
+            if v is not None
+        ]
+        exact: Fraction | None
+        if m.fn == "sum":
+            exact = Fraction(sum(money, Decimal(0)))
+        elif not money:
+            exact = None
+        elif m.fn == "avg":
+            exact = Fraction(sum(money, Decimal(0))) / len(money)
+        else:
+            exact = Fraction(min(money) if m.fn == "min" else max(money))
+        if exact is None:
+            return False
+        operands = None if m.values is None else tuple(Fraction(_exact(v)) for v in m.values)
+        return cmp(exact, m.op, None if m.value is None else Fraction(_exact(m.value)), operands)
     else:
         assert m.property is not None
         vals = [v for v in (_measure_value(m.property, r) for r in rows) if v is not None]

@@ -18,6 +18,10 @@ in the server's time zone on ClickHouse. Small operations fill the gaps:
   literal with its quotes; PostgreSQL's own ``(arg).field`` reads a field of
   a composite type. Other dialects compile it as ibis's ``StructField``.
 
+- ``Money(text, precision, scale)``: a DECIMAL literal written from its digits,
+  ``CAST('0.29' AS DECIMAL(18, 2))`` on every dialect. ibis writes decimal
+  literals on ClickHouse as ``toDecimal64(0.29, 2)``, which converts the
+  float 0.28999… and truncates it to 0.28.
 - ``NullIfNoRows(arg, rows)``: the aggregate ``arg``, NULL when the group had
   no row for it (``rows`` = 0). ClickHouse's ``minIf``/``maxIf``/``argMaxIf``
   return the type's default (1970-01-01, ``''``) over no rows, so it compiles
@@ -108,6 +112,25 @@ class UtcInstant(ops.Value):  # type: ignore[misc]
 
     shape = ScalarShape()
     dtype = dt.Timestamp(scale=6)
+
+
+class Money(ops.Value):  # type: ignore[misc]
+    """An exact DECIMAL(``precision``, ``scale``) literal written ``text`` (see above)."""
+
+    text: str
+    precision: int
+    scale: int
+
+    shape = ScalarShape()
+
+    @attribute  # type: ignore[untyped-decorator]
+    def dtype(self) -> dt.DataType:
+        return dt.Decimal(self.precision, self.scale)
+
+
+def money(text: str, precision: int, scale: int) -> ir.DecimalScalar:
+    """The decimal ``text`` (plain digits, e.g. ``"0.29"``) as an exact literal."""
+    return Money(text, precision, scale).to_expr()
 
 
 def json_scalar(arg: ir.StringValue, path: tuple[str, ...], kind: JsonKind) -> ir.Value:
@@ -246,6 +269,10 @@ def _instant_clickhouse(self: Any, op: UtcInstant, *, text: Any) -> Any:
     return self.f.toDateTime64(_str(text), sge.convert(6), _str("UTC"))
 
 
+def _money(self: Any, op: Money, *, text: Any, precision: Any, scale: Any) -> Any:
+    return sge.cast(_str(text), sge.DataType.build(f"DECIMAL({precision}, {scale})"))
+
+
 def _field_postgres(self: Any, op: ElementField, *, arg: Any, field: Any) -> Any:
     # Needs ``products`` typed as an array of a composite type with the Arrow struct's
     # field names (tests/segments/engines.py creates one).
@@ -294,6 +321,7 @@ if ibis.options.pyspark is None:
 for _compiler, (_json_rule, _instant_rule) in _RULES.items():
     setattr(_compiler, "visit_JsonScalar", _json_rule)  # noqa: B010
     setattr(_compiler, "visit_UtcInstant", _instant_rule)  # noqa: B010
+    setattr(_compiler, "visit_Money", _money)  # noqa: B010
     _latest_rule = _latest_duckdb if _compiler is DuckDBCompiler else _latest_generic
     setattr(_compiler, "visit_LatestValue", _latest_rule)  # noqa: B010
     _empty_rule = (
