@@ -1,10 +1,14 @@
 """Bulk import speed: N realistic events from Parquet and from JSONL, end to end.
 
     .venv/bin/python -m bench.bulk_import [--events N] [--skip-store] [--before]
+                                          [--per-batch] [--only parquet|jsonl]
                                                           (default N = 5,000,000)
 
 ``--skip-store`` measures read + map + validate only (no ``store_events``), the part
-the bulk importer owns; without it each format is also imported end to end.
+the bulk importer owns; without it each format is also imported end to end: identity
+resolved once for the whole file (``resolve_import``), then ``store_events`` per batch.
+``--per-batch`` also imports each file the way before (identity resolved inside every
+``store_events`` batch), in the same run, as the baseline.
 
 Generates N events (≈ 200k users with one or two devices each; 55 % track with products
 on orders, 35 % page, 10 % identify with an e-mail trait; 20 % of tracks and pages come
@@ -123,31 +127,50 @@ def ours(
     name: str,
     chunk_size: int = bulk.DEFAULT_CHUNK_SIZE,
     store_batch: int = bulk.STORE_BATCH,
+    per_batch: bool = False,
 ) -> tuple[float, float, float]:
-    """(total seconds, seconds inside store_events, CPU seconds of this process) for an
-    import into a fresh store (the CPU figure includes the reader thread)."""
+    """(total seconds, seconds inside store_events and resolve_import, CPU seconds of
+    this process) for an import into a fresh store (the CPU figure includes the
+    reader thread)."""
     stores = open_stores(Settings(data_dir=out / f"store-{name}"), clock=ManualClock(NOW))
-    spent = [0.0]
-    real = bulk.store_events
+    spent = {"store_events": 0.0, "resolve_import": 0.0}
+    real_store, real_resolve = bulk.store_events, bulk.resolve_import
 
-    def timed(s, events):  # type: ignore[no-untyped-def]
+    def timed_store(s, events, **kw):  # type: ignore[no-untyped-def]
         t = time.perf_counter()
         try:
-            return real(s, events)
+            return real_store(s, events, **kw)
         finally:
-            spent[0] += time.perf_counter() - t
+            spent["store_events"] += time.perf_counter() - t
 
-    bulk.store_events = timed
+    def timed_resolve(s, rows):  # type: ignore[no-untyped-def]
+        t = time.perf_counter()
+        try:
+            return real_resolve(s, rows)
+        finally:
+            spent["resolve_import"] += time.perf_counter() - t
+
+    bulk.store_events, bulk.resolve_import = timed_store, timed_resolve
     cpu = time.process_time()
     try:
-        report = import_file(stores, path, chunk_size=chunk_size, store_batch=store_batch)
+        report = import_file(
+            stores,
+            path,
+            chunk_size=chunk_size,
+            store_batch=store_batch,
+            identity_per_batch=per_batch,
+        )
     finally:
-        bulk.store_events = real
+        bulk.store_events, bulk.resolve_import = real_store, real_resolve
         stores.close()
     cpu = time.process_time() - cpu
     assert report.rejected == 0 and report.inserted == report.events
-    print(f"        ({report.merges:,} merges, {report.conflicts:,} identity conflicts)")
-    return report.seconds, spent[0], cpu
+    print(
+        f"        ({report.merges:,} merges, {report.conflicts:,} identity conflicts; "
+        f"resolve_import {spent['resolve_import']:.1f} s, "
+        f"store_events {spent['store_events']:.1f} s)"
+    )
+    return report.seconds, spent["store_events"] + spent["resolve_import"], cpu
 
 
 def main() -> None:
@@ -162,6 +185,15 @@ def main() -> None:
         action="store_true",
         help="also import each file with the previous sizes (500k-row chunks stored in "
         "250k-row batches) in the same run",
+    )
+    parser.add_argument(
+        "--per-batch",
+        action="store_true",
+        help="also import each file with identity resolved inside every store_events "
+        "batch (the path before whole-file resolution) in the same run",
+    )
+    parser.add_argument(
+        "--only", choices=["parquet", "jsonl"], help="import only this format end to end"
     )
     args = parser.parse_args()
     n = args.legacy_n or args.events
@@ -181,6 +213,8 @@ def main() -> None:
             f"({base:.1f} s)"
         )
         for label, path in (("parquet", parquet), ("jsonl", jsonl)):
+            if args.only and label != args.only:
+                continue
             v = validate_only(path)
             print(
                 f"{label:7s} read+map+validate only:            {n / v:>12,.0f} events/s "
@@ -188,15 +222,19 @@ def main() -> None:
             )
             if args.skip_store:
                 continue
-            runs = [("", bulk.DEFAULT_CHUNK_SIZE, bulk.STORE_BATCH)]
+            runs = [("", bulk.DEFAULT_CHUNK_SIZE, bulk.STORE_BATCH, False)]
+            if args.per_batch:
+                runs.insert(0, (" per-batch", bulk.DEFAULT_CHUNK_SIZE, bulk.STORE_BATCH, True))
             if args.before:
-                runs.insert(0, (" before", *BEFORE))
-            for tag, chunk_size, store_batch in runs:
-                total, store, cpu = ours(path, out, label + tag.strip(), chunk_size, store_batch)
+                runs.insert(0, (" before", *BEFORE, True))
+            for tag, chunk_size, store_batch, per_batch in runs:
+                total, store, cpu = ours(
+                    path, out, label + tag.strip(), chunk_size, store_batch, per_batch
+                )
                 what = f"end to end{tag} (batches {store_batch // 1000}k):"
                 print(
                     f"{label:7s} {what:34s} {n / total:>12,.0f} events/s ({total:.1f} s, of "
-                    f"which store_events {store:.1f} s; {cpu:.1f} s CPU; {fl}; "
+                    f"which identity + store {store:.1f} s; {cpu:.1f} s CPU; {fl}; "
                     f"load {os.getloadavg()[0]:.1f})"
                 )
 

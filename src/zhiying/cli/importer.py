@@ -39,7 +39,12 @@ RejectsOpt = Annotated[
     ),
 ]
 ChunkOpt = Annotated[
-    int, typer.Option("--chunk-size", min=1, help="Rows validated and stored per batch.")
+    int,
+    typer.Option(
+        "--chunk-size",
+        min=1,
+        help="Rows read and validated per chunk (events are stored in batches of up to 1M rows).",
+    ),
 ]
 
 

@@ -219,6 +219,7 @@ def resolve_events(
     cache: IdentityCache | None = None,
     *,
     set_based: bool | None = None,
+    resolved: pa.Array | None = None,
 ) -> Resolution:
     """Assign a ONE_ID to every row of ``events`` (warehouse EVENTS columns).
 
@@ -240,12 +241,20 @@ def resolve_events(
     by one going through the ``Resolver``. That path neither reads nor fills
     the cache (a bulk import would only churn it); its merges still move the
     generation, so the cache stays valid.
+
+    ``resolved`` (aligned with ``events``) holds ONE_IDs the caller already
+    resolved in an earlier, committed transaction of its own (a bulk import
+    resolves a whole file at once: ``zhiying.ingest.bulk``). Those rows are
+    taken as they are: no store read, no rule, no write; rows where it is null
+    are resolved here as usual.
     """
     if events.num_rows == 0:
         return Resolution(pa.array([], pa.string()), [], 0, 0)
     db = BulkSql(conn)
     _serialise(conn)
     generation = _generation(db)
+    if resolved is not None:
+        return _with_resolved(conn, events, now, cache, resolved, generation)
     if set_based is None:
         set_based = events.num_rows >= SET_BASED_ROWS
     if set_based:
@@ -267,6 +276,31 @@ def resolve_events(
         )
 
     return _resolve_with_cache(db, events, now, cache, generation)
+
+
+def _with_resolved(
+    conn: Connection,
+    events: pa.Table,
+    now: datetime,
+    cache: IdentityCache | None,
+    resolved: pa.Array,
+    generation: int,
+) -> Resolution:
+    """``resolve_events`` for rows that mostly come with their ONE_ID."""
+    if isinstance(resolved, pa.ChunkedArray):
+        resolved = resolved.combine_chunks()
+    if len(resolved) != events.num_rows:
+        raise ValueError(f"{len(resolved)} resolved ONE_IDs for {events.num_rows} rows")
+    resolved = resolved.cast(pa.string())
+    if resolved.null_count == 0:
+        if cache is not None:
+            cache.sync(generation)
+        return Resolution(resolved, [], 0, 0, generation=generation)
+    missing = resolved.is_null().to_numpy(zero_copy_only=False)
+    rest = resolve_events(conn, events.filter(pa.array(missing)), now, cache)
+    taken = resolved.filter(pa.array(~missing))
+    rest.one_ids = _interleave(~missing, taken, rest.one_ids)
+    return rest
 
 
 def _resolve_with_cache(

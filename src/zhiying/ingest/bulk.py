@@ -4,9 +4,12 @@ The path is vectorised end to end. A private in-memory DuckDB reads the file
 (``read_parquet``, ``read_csv``, JSONL lines), maps each row to message parts
 (:mod:`zhiying.ingest.bulk_sql`), applies the HTTP validator's rules as SQL
 (:mod:`zhiying.ingest.bulk_rules`) and streams Arrow chunks of ``chunk_size``
-rows. Each chunk's valid rows go to :func:`zhiying.ingest.pipeline.store_events`
-(dedup by messageId, ONE_ID resolution, traits, warehouse append — the same
-function the HTTP path uses); its rejected rows go to the rejects file.
+rows. Each chunk's rejected rows go to the rejects file, its valid rows to a temporary
+Arrow file; then the identities of the whole file are resolved in one transaction
+(:func:`resolve_import`) and the valid rows are stored through
+:func:`zhiying.ingest.pipeline.store_events` (dedup by messageId, person keys,
+traits, warehouse append — the same function the HTTP path uses) with their
+ONE_IDs. docs/import.md ("How it works", "If an import dies half-way").
 
 Idempotency: a row without a messageId gets ``imp-<md5 of its content>``,
 plus ``-<n>`` for the n-th identical row of the file (n ≥ 2), so importing the
@@ -20,21 +23,24 @@ from __future__ import annotations
 
 import gzip
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Final, Literal
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from zhiying.errors import ValidationFailed
+from zhiying.identity.service import resolve_events
 from zhiying.ingest.bulk_rules import (
     checked_select,
     ident,
@@ -50,30 +56,27 @@ from zhiying.ingest.bulk_sql import (
     source_sql,
 )
 from zhiying.ingest.mapping import FileFormat, ImportKind, Mapping, guess_format
-from zhiying.ingest.pipeline import store_events
+from zhiying.ingest.person_keys import keyed_aliases, person_keys
+from zhiying.ingest.pipeline import identity_cache, store_events
 from zhiying.runtime import Stores
+from zhiying.warehouse.events import (
+    EVENT_WRITER,
+    first_indices,
+    new_message_ids,
+    replace_aliases,
+)
 from zhiying.warehouse.schema import EVENTS
 
 DEFAULT_CHUNK_SIZE = 1_000_000
 STORE_BATCH = 1_000_000
-"""Rows per ``store_events`` call (each its own transaction).
+"""Rows per ``store_events`` call (each its own transaction) once identities are resolved.
 
-Every batch reads back the stored identifiers of every person it names and
-moves their first/last-seen times, so with a few hundred thousand people who
-recur all through a file the cost per batch is nearly fixed: fewer, larger
-batches cost less. Measured on the bulk benchmark's stream (≈ 200k users,
-1.5M events, CPU of the whole import): 98 s in 250k-row batches, 72 s in 500k,
-63 s in 1M, 58 s in one batch (load average 5–9). 1M keeps an import's
-memory under ≈ 3 GB, and identity resolution stays mostly set-based
-(``zhiying.identity.setwise``): in the first 1M-row batch, all people new,
-108k tuples went through the rules one by one (the pre-login devices that
-merge into their user), in the next 500k rows 18k. A chunk larger than this is
-stored in several batches; a smaller chunk is one batch."""
-FIRST_CHUNK = 250_000
-"""Rows of an import's first chunk: storing starts once it is checked, and the reader
-thread checks the next (full-size) chunk meanwhile. With a first chunk of full size
-nothing overlaps its reading (≈ 15 s of 1M rows under load: 88 s → 72 s wall for
-1.5M events, store time unchanged)."""
+With identity resolved once per file (``resolve_import``) a batch costs dedup, person
+keys, traits and the warehouse append, roughly in proportion to its rows; 1M rows
+keeps the memory of a batch under ≈ 3 GB. (Resolving inside each batch, the
+``identity_per_batch`` path, re-reads every person the batch names, so there
+fewer, larger batches cost less: 1.5M events took 98 s CPU in 250k-row batches,
+63 s in 1M.)"""
 RejectsFormat = Literal["csv", "jsonl"]
 
 
@@ -124,6 +127,7 @@ def import_file(
     rejects_path: Path | None = None,
     progress: ProgressCallback | None = None,
     store_batch: int = STORE_BATCH,
+    identity_per_batch: bool = False,
 ) -> ImportReport:
     """Import ``path`` as ``kind`` and return the counts.
 
@@ -133,8 +137,15 @@ def import_file(
     Segment fields (see :func:`zhiying.ingest.bulk_sql.default_mapping`).
     Every valid row is stored; every rejected row is written to
     ``rejects_path`` (CSV, or JSONL when the name ends in ``.jsonl``) with its
-    row number, field, reason and raw text. Valid rows are stored
-    ``store_batch`` rows per ``store_events`` call (one transaction each).
+    row number, field, reason and raw text.
+
+    Two passes: the file is read and checked once, its valid rows spilled to a
+    temporary Arrow file; identities are resolved for the whole file in one
+    transaction (:func:`resolve_import`); then the rows are stored
+    ``store_batch`` rows per ``store_events`` call (one transaction each) with
+    their ONE_IDs. ``identity_per_batch`` resolves inside each ``store_events``
+    call instead (the path before, kept for comparison: each batch re-reads
+    the people it names).
     """
     started = time.perf_counter()
     if not path.is_file():
@@ -149,38 +160,52 @@ def import_file(
         )
     fmt = resolve_format(path, fmt, mapping)
     received_at = stores.clock.now()
-    read = events = inserted = duplicates = rejected = merges = conflicts = 0
-    with (
-        _open_checked(
-            path, fmt, kind, mapping, received_at, stores.settings.default_phone_region
-        ) as (con, checked),
-        ExitStack() as stack,  # stops the reader thread before the connection closes
-    ):
-        ids = _DerivedIds(con.cursor())
-        rejects = _Rejects(rejects_path, con.cursor())
-        try:
-            chunks = checked.chunks(chunk_size, first=min(FIRST_CHUNK, chunk_size))
-            for chunk in stack.enter_context(closing(_read_ahead(chunks))):
-                bad = chunk.column("__bad").combine_chunks()
-                good = chunk.filter(pc.invert(bad))
-                bad_rows = chunk.filter(bad)
-                read += int(pc.sum(chunk.column("__lines")).as_py() or 0)
-                events += chunk.num_rows
-                if good.num_rows:
-                    filled = ids.fill(good).select(EVENTS.names)
-                    for start in range(0, filled.num_rows, store_batch):
-                        result = store_events(stores, filled.slice(start, store_batch))
-                        inserted += result.inserted
-                        duplicates += result.duplicates
-                        merges += result.merges
-                        conflicts += result.conflicts
-                if bad_rows.num_rows:
-                    rejected += bad_rows.num_rows
-                    rejects.write(bad_rows)
-                if progress is not None:
-                    progress(Progress(read, inserted, duplicates, rejected))
-        finally:
-            rejects.close()
+    read = events = inserted = duplicates = rejected = 0
+    with _Spill() as spill:
+        # Pass 1: read and check the file; valid rows to the spill file, rejects out.
+        with (
+            _open_checked(
+                path, fmt, kind, mapping, received_at, stores.settings.default_phone_region
+            ) as (con, checked),
+            ExitStack() as stack,  # stops the reader thread before the connection closes
+        ):
+            ids = _DerivedIds(con.cursor())
+            rejects = _Rejects(rejects_path, con.cursor())
+            try:
+                chunks = checked.chunks(chunk_size)
+                for chunk in stack.enter_context(closing(_read_ahead(chunks))):
+                    bad = chunk.column("__bad").combine_chunks()
+                    if bad.true_count:  # filtering copies every column: only when needed
+                        good, bad_rows = chunk.filter(pc.invert(bad)), chunk.filter(bad)
+                    else:
+                        good, bad_rows = chunk, chunk.slice(0, 0)
+                    read += int(pc.sum(chunk.column("__lines")).as_py() or 0)
+                    events += chunk.num_rows
+                    if good.num_rows:
+                        spill.write(ids.fill(good).select(EVENTS.names))
+                    if bad_rows.num_rows:
+                        rejected += bad_rows.num_rows
+                        rejects.write(bad_rows)
+                    if progress is not None:
+                        progress(Progress(read, 0, 0, rejected))
+            finally:
+                rejects.close()
+        # Identity once for the whole file, then pass 2: store with the ONE_IDs known.
+        identity = ImportIdentity(pa.array([], pa.string()), 0, 0)
+        if not identity_per_batch:
+            identity = resolve_import(stores, spill.identity())
+        merges, conflicts = identity.merges, identity.conflicts
+        at = 0
+        for batch in spill.batches(store_batch):
+            given = None if identity_per_batch else identity.one_ids.slice(at, batch.num_rows)
+            at += batch.num_rows
+            result = store_events(stores, batch, one_ids=given)
+            inserted += result.inserted
+            duplicates += result.duplicates
+            merges += result.merges
+            conflicts += result.conflicts
+            if progress is not None:
+                progress(Progress(read, inserted, duplicates, rejected))
     return ImportReport(
         path=path,
         kind=kind,
@@ -196,6 +221,151 @@ def import_file(
         rejects_path=rejects.path if rejects.count else None,
         first_rejections=tuple(rejects.first),
     )
+
+
+IDENTITY_COLUMNS: Final = (
+    "message_id",
+    "type",
+    "user_id",
+    "anonymous_id",
+    "previous_id",
+    "identifiers",
+    "timestamp",
+)
+"""The columns identity resolution reads (``zhiying.identity.batch``) and dedup keys on."""
+
+
+@dataclass(frozen=True)
+class ImportIdentity:
+    """The ONE_ID of every valid row of a file (null for a row ``store_events`` will drop
+    as a duplicate), and what resolving them merged and met as conflicts."""
+
+    one_ids: pa.Array
+    merges: int
+    conflicts: int
+
+
+def resolve_import(stores: Stores, rows: pa.Table) -> ImportIdentity:
+    """Resolve the identities of a whole file's valid rows in ONE operational transaction.
+
+    ``rows`` are the file's valid rows in file order (at least ``IDENTITY_COLUMNS``).
+    Rows that ``store_events`` would drop as repeats (a ``message_id`` seen earlier in
+    the file, or stored inside the dedup window) are left out, as they would be on
+    the per-batch path; the rest is resolved at once, in time order
+    (``resolve_events``: set-based from ``SET_BASED_ROWS`` rows). So every person's
+    identifiers are read from the store once and their first/last seen written once
+    per import, instead of once per batch, and batch boundaries no longer show in who
+    is who.
+
+    The transaction is the identity part of ``store_events``: ONE_IDs, identifiers,
+    merges and conflicts, the person keys of every resolved ONE_ID and merge owner,
+    and, before it commits, the warehouse's ``person_keys`` rows and
+    ``one_id_aliases`` (so committed merges never lack their aliases). The events
+    themselves are stored afterwards, batch by batch, with these ONE_IDs
+    (``store_events(..., one_ids=...)``). Replaying it changes nothing.
+    """
+    total = rows.num_rows
+    if total == 0:
+        return ImportIdentity(pa.array([], pa.string()), 0, 0)
+    rows = rows.select(list(IDENTITY_COLUMNS))
+    warehouse = stores.warehouse
+    with EVENT_WRITER:
+        now = stores.clock.now()
+        dedup_since = now - timedelta(days=stores.settings.dedup_window_days)
+        firsts = _first_rows(rows.column("message_id"))
+        unique = rows if len(firsts) == total else rows.take(firsts)
+        new_mask = new_message_ids(warehouse, unique, dedup_since)
+        fresh = unique.filter(pa.array(new_mask))
+        kept = firsts.to_numpy(zero_copy_only=False)[new_mask]
+        if fresh.num_rows == 0:
+            return ImportIdentity(pa.nulls(total, pa.string()), 0, 0)
+        cache = identity_cache(stores.engine)
+        keys = person_keys(stores.engine)
+        keys.reserve(stores.engine, 2 * fresh.num_rows)
+        with stores.engine.begin() as conn:
+            resolution = resolve_events(conn, fresh, now, cache)
+            owners = [owner for _, owner in resolution.aliases]
+            assigned = keys.assign(conn, resolution.one_ids, also=owners)
+            aliases = keyed_aliases(conn, keys, resolution.aliases, assigned)
+            if assigned.minted.num_rows:
+                warehouse.insert("person_keys", assigned.minted)
+            replace_aliases(warehouse, aliases)
+        cache.apply(resolution.generation, resolution.cache_entries)
+        keys.remember(assigned.learned)
+    position = np.full(total, -1, dtype=np.int64)
+    position[kept] = np.arange(len(kept), dtype=np.int64)
+    one_ids = resolution.one_ids.take(pa.array(position, mask=position < 0))
+    return ImportIdentity(one_ids, resolution.merges, resolution.conflicts)
+
+
+def _first_rows(message_ids: pa.ChunkedArray) -> pa.Array:
+    """Row numbers of the first row of each message id, ascending (as
+    ``warehouse.events.first_indices``, with a hash pass instead of a group-by: a file's
+    ids are nearly always all distinct, and then that is all it costs)."""
+    codes = pc.dictionary_encode(message_ids.combine_chunks())
+    n = len(message_ids)
+    if codes.indices.null_count:  # not from the checker (it always sets an id)
+        return first_indices(pa.table({"message_id": message_ids}))
+    if len(codes.dictionary) == n:
+        return pa.array(np.arange(n, dtype=np.int64))
+    _, first = np.unique(codes.indices.to_numpy(zero_copy_only=False), return_index=True)
+    first.sort()
+    return pa.array(first.astype(np.int64))
+
+
+class _Spill:
+    """The valid rows of a file between the two passes: an uncompressed Arrow IPC
+    stream in a private temporary directory (read back memory-mapped, so a
+    file of millions of events never sits in memory whole), plus the narrow
+    ``IDENTITY_COLUMNS`` kept in memory. Deleted when the import ends, crashed or not."""
+
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="zhiying-import-")
+        self._path = Path(self._dir.name) / "valid.arrows"
+        self._sink: pa.NativeFile | None = None
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self._identity: list[pa.Table] = []
+        self._schema: pa.Schema | None = None
+
+    def __enter__(self) -> _Spill:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close_writer()
+        self._dir.cleanup()
+
+    def write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self._schema = table.schema
+            self._sink = pa.OSFile(str(self._path), "wb")
+            self._writer = pa.ipc.new_stream(self._sink, table.schema)
+        elif table.schema != self._schema:  # one stream, one schema
+            table = table.cast(self._schema)
+        self._writer.write_table(table, max_chunksize=_BATCH)
+        self._identity.append(table.select(list(IDENTITY_COLUMNS)))
+
+    def identity(self) -> pa.Table:
+        """The identity columns of every row written, in order."""
+        if not self._identity:
+            return pa.table({name: pa.array([], pa.null()) for name in IDENTITY_COLUMNS})
+        return pa.concat_tables(self._identity)
+
+    def batches(self, size: int) -> Iterator[pa.Table]:
+        """The rows written, as tables of ``size`` rows (the last one: the rest)."""
+        self._close_writer()
+        self._identity = []
+        if not self._path.exists():
+            return
+        with pa.memory_map(str(self._path)) as source:
+            yield from _chunks(pa.ipc.open_stream(source), size)
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
 
 
 _BATCH = 65_536

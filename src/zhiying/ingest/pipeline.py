@@ -94,11 +94,19 @@ class StoreResult:
     """Seconds spent per step (dedup, identity, traits, warehouse), for profiling."""
 
 
-def store_events(stores: Stores, events: pa.Table) -> StoreResult:
+def store_events(
+    stores: Stores,
+    events: pa.Table,
+    *,
+    one_ids: pa.Array | None = None,
+) -> StoreResult:
     """Deduplicate, resolve and durably store ``events`` (``EVENTS`` schema).
 
     Rows must come from ``zhiying.ingest.models`` (or satisfy the same rules);
     ``one_id`` in the input is ignored and set by identity resolution.
+    ``one_ids`` (aligned with ``events``; bulk import) are ONE_IDs the caller
+    resolved and committed itself: rows where it is not null skip resolution
+    (``resolve_events(..., resolved=...)``).
     """
     total = events.num_rows
     stored = np.zeros(total, dtype=bool)
@@ -128,7 +136,9 @@ def store_events(stores: Stores, events: pa.Table) -> StoreResult:
         # Two numbers per row: a row mints at most one ONE_ID and names at most one owner.
         keys.reserve(stores.engine, 2 * fresh.num_rows)
         with stores.engine.begin() as conn:
-            resolution = resolve_events(conn, fresh, now, cache)
+            resolution = resolve_events(
+                conn, fresh, now, cache, resolved=None if one_ids is None else one_ids.take(rows)
+            )
             fresh = fresh.set_column(_ONE_ID, EVENTS.field("one_id"), resolution.one_ids)
             owners = [owner for _, owner in resolution.aliases]
             assigned = keys.assign(conn, resolution.one_ids, also=owners)
