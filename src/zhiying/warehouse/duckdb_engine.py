@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -89,9 +90,7 @@ class DuckDBWarehouse:
             with self._write_lock:
                 cursor = self._con.cursor()
                 try:
-                    cursor.register("__batch", data)
-                    row = cursor.execute(sql).fetchone()
-                    cursor.unregister("__batch")
+                    row = _execute_with_batch(cursor, sql, data)
                 finally:
                     cursor.close()
         except duckdb.Error as exc:
@@ -100,3 +99,20 @@ class DuckDBWarehouse:
 
     def close(self) -> None:
         self._con.close()
+
+
+def _execute_with_batch(
+    cursor: duckdb.DuckDBPyConnection, sql: str, data: pa.Table
+) -> tuple[Any, ...] | None:
+    """Run ``sql``, in which ``__batch`` names ``data``.
+
+    Through DuckDB's replacement scan (it finds the local variable ``__batch`` of
+    this frame) rather than ``register``/``unregister``: measured 1.9 ms of CPU per
+    statement against 4.4 ms for the events table (25 columns, nested types), the
+    fixed cost every append pays. Both scan the Arrow data the same way (without
+    holding the GIL longer: measured with a spinning thread). A module function,
+    not a method: Python would rename ``__batch`` inside a class.
+    """
+    __batch = data  # read by DuckDB's replacement scan
+    result = cursor.execute(sql).fetchone()
+    return None if result is None else tuple(result)
