@@ -198,3 +198,37 @@ def test_trait_values_set_at_the_same_instant_resolve_by_the_greater_message_id(
         ("p2", "Beijing"),
         ("p3", "Beijing"),
     }
+
+
+def test_same_instant_ties_resolve_per_trait_when_a_rule_reads_two_traits(
+    wh_stores: Stores,
+) -> None:
+    # Two traits in one scan: each trait's latest value is taken among its own rows
+    # (the name filter), ties again by the greater message id, which comes last for
+    # p1's tier and first for p2's (neither arrival order passes by luck).
+    at = _days(1)
+    load(
+        wh_stores.warehouse,
+        Dataset(
+            trait_updates=[
+                trait("p1", "city", "Beijing", at, "m-1"),
+                trait("p1", "tier", "gold", at, "m-0"),
+                trait("p1", "tier", "silver", at, "m-2"),
+                trait("p2", "city", "Beijing", at, "m-1"),
+                trait("p2", "tier", "gold", at, "m-2"),
+                trait("p2", "tier", "silver", at, "m-0"),
+                trait("p3", "city", "Shanghai", at, "m-3"),
+                trait("p3", "city", "Beijing", at, "m-1"),
+                trait("p3", "tier", "gold", at, "m-0"),
+            ]
+        ),
+    )
+    doc = {
+        "type": "and",
+        "rules": [
+            {"type": "trait", "trait": "city", "op": "eq", "value": "Beijing"},
+            {"type": "trait", "trait": "tier", "op": "eq", "value": "gold"},
+        ],
+    }
+    assert _members(wh_stores, doc) == {"p2"}
+    assert _count(wh_stores, doc) == 1

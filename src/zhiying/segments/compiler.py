@@ -304,14 +304,17 @@ def compare(col: ir.Value, op: str, value: Any, values: tuple[Any, ...] | None) 
     return test.fill_null(False)
 
 
-def if_any(rows: ir.Table, where: ir.BooleanValue, agg: ir.Value) -> ir.Value:
-    """``agg`` when some row passes ``where``, else NULL.
+def if_any(rows: ir.Table, where: ir.BooleanValue | None, agg: ir.Value) -> ir.Value:
+    """``agg`` when some row passes ``where`` (None: every row does; a group has one), else
+    NULL.
 
     ClickHouse's ``minIf``/``maxIf``/``argMaxIf`` return the type's default
     (1970-01-01, ``''``) rather than NULL for a group with no such row; this
     makes "no such row" NULL on every engine (other engines need no extra
     count: ``sqlext.NullIfNoRows``).
     """
+    if where is None:
+        return agg
     return sqlext.null_if_no_rows(agg, rows.count(where=where))
 
 
@@ -345,6 +348,9 @@ class _Features:
     keys: dict[tuple[Source, str], str] = field(default_factory=dict)
     event_names: set[str] = field(default_factory=set)
     trait_keys: set[str] = field(default_factory=set)
+    # Trait columns the aggregates read (``value`` and/or ``number``): only those are
+    # scanned (reading ``number`` for nothing cost the lapsed segment ~6 % of its query).
+    trait_columns: set[str] = field(default_factory=set)
     tag_names: set[str] = field(default_factory=set)
     layer_names: set[str] = field(default_factory=set)
     snapshots: set[tuple[str, datetime]] = field(default_factory=set)
@@ -355,6 +361,12 @@ class _Features:
     event_sets: dict[str, _RowSet] = field(default_factory=dict)
     # Sources read by each node being compiled (innermost last).
     reading: list[set[Source]] = field(default_factory=list)
+
+    def attribute_names(self, source: Source) -> set[str]:
+        """The traits, tags or layers the rule reads from ``source``."""
+        return {"traits": self.trait_keys, "tags": self.tag_names, "layers": self.layer_names}[
+            source
+        ]
 
     def add(self, source: Source, key: str, fn: RowFn) -> str:
         for frame in self.reading:
@@ -601,10 +613,11 @@ class _Compiler:
                 return compare(v, op, cond.value, cond.values)
 
         feat = self._latest(source, name, column)
-        name_col = _NAME_COLUMNS[source][0]
 
         def row_test(r: ir.Table) -> ir.BooleanValue:
-            return (r[name_col] == name) & value_test(r[column])
+            named = self.named(source, name, r)
+            test = value_test(r[column])
+            return test if named is None else named & test
 
         return _Compiled(
             lambda t: value_test(t[feat]),
@@ -615,24 +628,32 @@ class _Compiler:
 
     def _latest(self, source: Source, name: str, column: str) -> str:
         """Feature: the latest ``column`` of attribute ``name`` (NULL if that row's is NULL)."""
-        name_col, order_col = _NAME_COLUMNS[source]
+        order_col = _NAME_COLUMNS[source][1]
+        if source == "traits":
+            self.f.trait_columns.add(column)
 
         def order(r: ir.Table) -> ir.Value:
             # Two trait values set at the same instant: the greater message id wins, as in
             # the operational store and on profiles (``profiles.service.upsert_traits``).
             if source == "traits":
-                return ibis.struct({"t": r[order_col], "m": r["message_id"]})
+                return sqlext.tie_break_key(t=r[order_col], m=r["message_id"])
             return r[order_col]
 
-        return self.f.add(
-            source,
-            f"{name}\x00{column}",
-            lambda r: if_any(
-                r,
-                r[name_col] == name,
-                sqlext.latest_value(r[column], order(r), where=r[name_col] == name),
-            ),
-        )
+        def latest(r: ir.Table) -> ir.Value:
+            named = self.named(source, name, r)
+            return if_any(r, named, sqlext.latest_value(r[column], order(r), where=named))
+
+        return self.f.add(source, f"{name}\x00{column}", latest)
+
+    def named(self, source: Source, name: str, r: ir.Table) -> ir.BooleanValue | None:
+        """The test "this row is of attribute ``name``" on ``source``'s rows; None when the
+        rule reads that one attribute only (the scan already keeps only its rows, so
+        the column is not read at all: a tenth less CPU for the lapsed segment).
+
+        Called when the aggregates are built, after every condition has been seen."""
+        if len(self.f.attribute_names(source)) == 1:
+            return None
+        return r[_NAME_COLUMNS[source][0]] == name
 
     def _date_test(self, cond: _Attribute) -> Callable[[ir.Value], ir.BooleanValue]:
         op = cond.op
@@ -975,7 +996,8 @@ def _stored_rows(source: Source, f: _Features, at: datetime) -> tuple[ir.Table, 
         t = _T_TRAITS.filter(
             _T_TRAITS["timestamp"] <= at_lit, _T_TRAITS["key"].isin(sorted(f.trait_keys))
         )
-        columns = ["key", "value", "number", "timestamp", "message_id"]
+        named = ["key"] if len(f.trait_keys) > 1 else []
+        columns = [*named, *sorted(f.trait_columns), "timestamp", "message_id"]
         return t.select(*columns, **{STORED: t["person_key"]}), columns
     if source == "tags":
         raw = _T_TAGS.filter(_T_TAGS["tag"].isin(sorted(f.tag_names)))
@@ -1074,9 +1096,12 @@ class CompiledRule:
         parts = self._trees.get(dialect)
         if parts is None:
             compiler = getattr(sql_compilers, dialect).compiler
-            tree = compiler.to_sqlglot(self.keys.unbind())
+            with sqlext.unfused():
+                tree = compiler.to_sqlglot(self.keys.unbind())
             with_ = tree.args.get("with_")
             tree.set("with_", None)
+            if dialect == "duckdb" and with_ is not None:
+                _inline_plain_ctes(with_)
             parts = self._trees[dialect] = (with_, tree)
         ctes = parts[0].copy() if parts[0] is not None else None
         body = parts[1].copy()
@@ -1103,6 +1128,24 @@ class CompiledRule:
     def _text(dialect: SqlDialect, query: sge.Select, pretty: bool) -> str:
         out = query.sql(dialect=getattr(sql_compilers, dialect).compiler.dialect, pretty=pretty)
         return str(out)
+
+
+def _inline_plain_ctes(with_: sge.With) -> None:
+    """Mark the CTEs that only scan, filter and join (no aggregate, ``DISTINCT`` or
+    window) ``NOT MATERIALIZED``, for DuckDB.
+
+    ibis makes a CTE of every subquery used twice; DuckDB materialises such a CTE
+    by default, every column of every row. The driver's resolved rows are one
+    (read by the "has some Beijing row" semi-join and by the aggregate): a
+    million trait rows with their message ids copied into a buffer and read
+    back twice. Inlined, each use scans only the columns it needs and the
+    semi-join's side reads two columns: lapsed segment 0.35 → 0.30 s CPU on
+    one thread. CTEs that aggregate stay materialised (computed once).
+    """
+    for cte in with_.expressions:
+        body = cte.this
+        if body.find(sge.Group, sge.AggFunc, sge.Window, sge.Distinct) is None:
+            cte.set("materialized", False)
 
 
 _ORDER: tuple[Source, ...] = ("traits", "layers", "tags", "snapshots", "events")
