@@ -56,14 +56,13 @@ from zhiying.ingest.bulk_sql import (
     source_sql,
 )
 from zhiying.ingest.mapping import FileFormat, ImportKind, Mapping, guess_format
-from zhiying.ingest.person_keys import keyed_aliases, person_keys
+from zhiying.ingest.person_keys import key_resolution, person_keys
 from zhiying.ingest.pipeline import identity_cache, store_events
 from zhiying.runtime import Stores
 from zhiying.warehouse.events import (
     EVENT_WRITER,
     first_indices,
     new_message_ids,
-    replace_aliases,
 )
 from zhiying.warehouse.schema import EVENTS
 
@@ -284,12 +283,7 @@ def resolve_import(stores: Stores, rows: pa.Table) -> ImportIdentity:
         keys.reserve(stores.engine, 2 * fresh.num_rows)
         with stores.engine.begin() as conn:
             resolution = resolve_events(conn, fresh, now, cache)
-            owners = [owner for _, owner in resolution.aliases]
-            assigned = keys.assign(conn, resolution.one_ids, also=owners)
-            aliases = keyed_aliases(conn, keys, resolution.aliases, assigned)
-            if assigned.minted.num_rows:
-                warehouse.insert("person_keys", assigned.minted)
-            replace_aliases(warehouse, aliases)
+            assigned = key_resolution(conn, keys, warehouse, resolution.one_ids, resolution.aliases)
         cache.apply(resolution.generation, resolution.cache_entries)
         keys.remember(assigned.learned)
     position = np.full(total, -1, dtype=np.int64)

@@ -33,6 +33,7 @@ from sqlalchemy import Connection, Engine
 
 from zhiying.store.engine import PerEngine
 from zhiying.warehouse.base import Warehouse
+from zhiying.warehouse.events import replace_aliases
 from zhiying.warehouse.schema import ONE_ID_ALIASES, PERSON_KEYS
 
 BLOCK = 1 << 16
@@ -190,6 +191,27 @@ _UNKEYED = {
         "UNION ALL SELECT one_id FROM one_id_aliases WHERE person_key IS NULL"
     ),
 }
+
+
+def key_resolution(
+    conn: Connection,
+    keys: PersonKeys,
+    warehouse: Warehouse,
+    one_ids: pa.Array | pa.ChunkedArray,
+    aliases: list[tuple[str, str]],
+) -> Assigned:
+    """Key every resolved ONE_ID and merge owner in ``conn``'s transaction, and write what
+    the warehouse must hold before that transaction commits: the dictionary rows of the
+    keys minted here and the merged-away ONE_IDs' keyed ``one_id_aliases`` (so committed
+    merges never lack their aliases; see ``zhiying.ingest.pipeline``). ``aliases`` are
+    ``Resolution.aliases``; the caller remembers ``learned`` after the commit."""
+    owners = [owner for _, owner in aliases]
+    assigned = keys.assign(conn, one_ids, also=owners)
+    keyed = keyed_aliases(conn, keys, aliases, assigned)
+    if assigned.minted.num_rows:
+        warehouse.insert("person_keys", assigned.minted)
+    replace_aliases(warehouse, keyed)
+    return assigned
 
 
 def backfill(engine: Engine, warehouse: Warehouse) -> int:

@@ -51,7 +51,7 @@ import pyarrow as pa
 
 from zhiying.identity.cache import IdentityCache
 from zhiying.identity.service import resolve_events
-from zhiying.ingest.person_keys import keyed_aliases, person_keys
+from zhiying.ingest.person_keys import key_resolution, person_keys
 from zhiying.profiles.service import upsert_traits
 from zhiying.profiles.traits import trait_updates
 from zhiying.runtime import Stores
@@ -61,7 +61,6 @@ from zhiying.warehouse.events import (
     first_indices,
     new_message_ids,
     remember_stored,
-    replace_aliases,
 )
 from zhiying.warehouse.schema import EVENTS
 
@@ -140,17 +139,12 @@ def store_events(
                 conn, fresh, now, cache, resolved=None if one_ids is None else one_ids.take(rows)
             )
             fresh = fresh.set_column(_ONE_ID, EVENTS.field("one_id"), resolution.one_ids)
-            owners = [owner for _, owner in resolution.aliases]
-            assigned = keys.assign(conn, resolution.one_ids, also=owners)
+            assigned = key_resolution(conn, keys, warehouse, resolution.one_ids, resolution.aliases)
             fresh = fresh.set_column(_PERSON_KEY, EVENTS.field("person_key"), assigned.keys)
             t2 = time.perf_counter()
             updates = trait_updates(fresh)
             upsert_traits(conn, updates)
             t3 = time.perf_counter()
-            aliases = keyed_aliases(conn, keys, resolution.aliases, assigned)
-            if assigned.minted.num_rows:
-                warehouse.insert("person_keys", assigned.minted)
-            replace_aliases(warehouse, aliases)
         cache.apply(resolution.generation, resolution.cache_entries)
         keys.remember(assigned.learned)
         timings["identity"] = t2 - t1
