@@ -271,7 +271,7 @@ def resolve_import(stores: Stores, rows: pa.Table) -> ImportIdentity:
     with EVENT_WRITER:
         now = stores.clock.now()
         dedup_since = now - timedelta(days=stores.settings.dedup_window_days)
-        firsts = _first_rows(rows.column("message_id"))
+        firsts = first_indices(rows)
         unique = rows if len(firsts) == total else rows.take(firsts)
         new_mask = new_message_ids(warehouse, unique, dedup_since)
         fresh = unique.filter(pa.array(new_mask))
@@ -290,21 +290,6 @@ def resolve_import(stores: Stores, rows: pa.Table) -> ImportIdentity:
     position[kept] = np.arange(len(kept), dtype=np.int64)
     one_ids = resolution.one_ids.take(pa.array(position, mask=position < 0))
     return ImportIdentity(one_ids, resolution.merges, resolution.conflicts)
-
-
-def _first_rows(message_ids: pa.ChunkedArray) -> pa.Array:
-    """Row numbers of the first row of each message id, ascending (as
-    ``warehouse.events.first_indices``, with a hash pass instead of a group-by: a file's
-    ids are nearly always all distinct, and then that is all it costs)."""
-    codes = pc.dictionary_encode(message_ids.combine_chunks())
-    n = len(message_ids)
-    if codes.indices.null_count:  # not from the checker (it always sets an id)
-        return first_indices(pa.table({"message_id": message_ids}))
-    if len(codes.dictionary) == n:
-        return pa.array(np.arange(n, dtype=np.int64))
-    _, first = np.unique(codes.indices.to_numpy(zero_copy_only=False), return_index=True)
-    first.sort()
-    return pa.array(first.astype(np.int64))
 
 
 class _Spill:

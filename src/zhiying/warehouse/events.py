@@ -62,9 +62,22 @@ def string_literal(warehouse: Warehouse, value: str) -> str:
 
 
 def first_indices(batch: pa.Table) -> pa.Array:
-    """Row numbers of the first row of each ``message_id``, in input order."""
+    """Row numbers of the first row of each ``message_id``, in input order.
+
+    One hash pass (``dictionary_encode``): ids are nearly always all distinct, and
+    then that is all it costs (a group-by with a ``min`` per group cost ≈ 2 s on a
+    5M-event import); repeats take the first index of each code."""
     if batch.num_rows == 0:
         return pa.array([], pa.int64())
+    ids = batch.column("message_id").combine_chunks()
+    codes = pc.dictionary_encode(ids)
+    if codes.indices.null_count == 0:
+        if len(codes.dictionary) == len(ids):
+            return pa.array(np.arange(len(ids), dtype=np.int64))
+        _, first = np.unique(codes.indices.to_numpy(zero_copy_only=False), return_index=True)
+        first.sort()
+        return pa.array(first.astype(np.int64))
+    # Null ids (not from the validators, which always set one) are one group, as before.
     indexed = batch.select(["message_id"]).append_column(
         "__row", pa.array(np.arange(batch.num_rows, dtype=np.int64))
     )
