@@ -59,11 +59,7 @@ from zhiying.ingest.mapping import FileFormat, ImportKind, Mapping, guess_format
 from zhiying.ingest.person_keys import key_resolution, person_keys
 from zhiying.ingest.pipeline import identity_cache, store_events
 from zhiying.runtime import Stores
-from zhiying.warehouse.events import (
-    EVENT_WRITER,
-    first_indices,
-    new_message_ids,
-)
+from zhiying.warehouse.events import EVENT_WRITER, unseen_rows
 from zhiying.warehouse.schema import EVENTS
 
 DEFAULT_CHUNK_SIZE = 1_000_000
@@ -271,11 +267,7 @@ def resolve_import(stores: Stores, rows: pa.Table) -> ImportIdentity:
     with EVENT_WRITER:
         now = stores.clock.now()
         dedup_since = now - timedelta(days=stores.settings.dedup_window_days)
-        firsts = first_indices(rows)
-        unique = rows if len(firsts) == total else rows.take(firsts)
-        new_mask = new_message_ids(warehouse, unique, dedup_since)
-        fresh = unique.filter(pa.array(new_mask))
-        kept = firsts.to_numpy(zero_copy_only=False)[new_mask]
+        fresh, kept = unseen_rows(warehouse, rows, dedup_since)
         if fresh.num_rows == 0:
             return ImportIdentity(pa.nulls(total, pa.string()), 0, 0)
         cache = identity_cache(stores.engine)

@@ -56,12 +56,7 @@ from zhiying.profiles.service import upsert_traits
 from zhiying.profiles.traits import trait_updates
 from zhiying.runtime import Stores
 from zhiying.store.engine import PerEngine
-from zhiying.warehouse.events import (
-    EVENT_WRITER,
-    first_indices,
-    new_message_ids,
-    remember_stored,
-)
+from zhiying.warehouse.events import EVENT_WRITER, remember_stored, unseen_rows
 from zhiying.warehouse.schema import EVENTS
 
 _ONE_ID = EVENTS.get_field_index("one_id")
@@ -119,11 +114,7 @@ def store_events(
         now = stores.clock.now()
         dedup_since = now - timedelta(days=stores.settings.dedup_window_days)
 
-        firsts = first_indices(events)
-        unique = events if len(firsts) == total else events.take(firsts)
-        new_mask = new_message_ids(warehouse, unique, dedup_since)
-        fresh = unique.filter(pa.array(new_mask))
-        rows = firsts.to_numpy(zero_copy_only=False)[new_mask]
+        fresh, rows = unseen_rows(warehouse, events, dedup_since)
         stored[rows] = True
         t1 = time.perf_counter()
         timings["dedup"] = t1 - t0

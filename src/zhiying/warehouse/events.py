@@ -222,6 +222,19 @@ def _recent_ids(warehouse: Warehouse, dedup_since: datetime) -> RecentMessageIds
         return recent
 
 
+def unseen_rows(
+    warehouse: Warehouse, batch: pa.Table, dedup_since: datetime
+) -> tuple[pa.Table, np.ndarray]:
+    """Dedup by messageId: the rows of ``batch`` to store (the first row of each
+    ``message_id`` that is not stored since ``dedup_since``, in input order) and
+    their row numbers in ``batch``."""
+    firsts = first_indices(batch)
+    unique = batch if len(firsts) == batch.num_rows else batch.take(firsts)
+    new_mask = new_message_ids(warehouse, unique, dedup_since)
+    rows = firsts.to_numpy(zero_copy_only=False)[new_mask]
+    return unique.filter(pa.array(new_mask)), rows
+
+
 def new_message_ids(warehouse: Warehouse, batch: pa.Table, dedup_since: datetime) -> np.ndarray:
     """A boolean per row of ``batch``: True when its ``message_id`` is not stored since
     ``dedup_since``. Repeats inside ``batch`` are not considered (see ``first_per_message_id``).
