@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     dedup_window_days: int = Field(
         default=7, ge=1, description="Look-back window in which a repeated messageId is dropped."
     )
+    sqlite_cache_mb: int = Field(
+        default=256,
+        ge=2,
+        description="Page cache of each SQLite connection, in MiB (allocated as pages are "
+        "read). With SQLite's own 2 MiB, inserts into the identifier indexes read pages back "
+        "once a store outgrows it: 700k random identifiers into a fresh store took 19.6 s "
+        "with 2 MiB and 6.5 s with 256 MiB.",
+    )
     api_url: str = Field(
         default="http://127.0.0.1:8000",
         description="Where the CLI finds a running `zhiying serve` when it holds the warehouse.",

@@ -36,7 +36,7 @@ def open_stores(settings: Settings, *, clock: Clock | None = None, migrate: bool
     url = settings.resolved_database_url()
     if migrate:
         upgrade(url)
-    engine = make_engine(url)
+    engine = make_engine(url, sqlite_cache_mb=settings.sqlite_cache_mb)
     warehouse = open_warehouse(settings.resolved_warehouse_url())
     if migrate:
         backfill_person_keys(engine, warehouse)

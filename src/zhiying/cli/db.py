@@ -37,7 +37,7 @@ def upgrade(revision: str = typer.Argument("heads", help="Alembic revision to re
     except StoreBusy as exc:
         console.print(f"warehouse not changed: {exc} (it is brought up to date when it opens)")
         return
-    engine = make_engine(url)
+    engine = make_engine(url, sqlite_cache_mb=settings.sqlite_cache_mb)
     try:
         keyed = backfill(engine, warehouse)
     finally:
