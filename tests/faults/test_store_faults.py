@@ -157,7 +157,10 @@ def _receipt_time(clock: ManualClock) -> None:
 
 
 @pytest.fixture
-def client(stores: Stores) -> Iterator[TestClient]:
+def client(stores: Stores, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    # The writer's direct mode (answers after storing). In spool mode a 200 means
+    # spooled and a failing store is retried: tests/ingest/test_spool.py.
+    monkeypatch.setenv("ZHIYING_INGEST_SPOOL", "0")
     with TestClient(create_app(stores)) as c:
         yield c
 

@@ -53,8 +53,21 @@ def keys(stores: Stores) -> Keys:
     )
 
 
+class IngestClient(TestClient):
+    """A test client that reads its own writes: after a POST to ``/v1`` it waits
+    (bounded) until the server's writer has stored what it answered — in spool mode
+    the answer comes when the events are spooled, before they are stored."""
+
+    def post(self, url: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().post(url, *args, **kwargs)
+        writer = getattr(self.app.state, "event_writer", None)  # type: ignore[attr-defined]
+        if str(url).startswith("/v1/") and writer is not None:
+            assert writer.flush(30), "the loader did not store the events within 30 s"
+        return response
+
+
 @pytest.fixture
 def client(stores: Stores) -> Iterator[TestClient]:
     """The app with its lifespan running (so the group-commit writer is used)."""
-    with TestClient(create_app(stores)) as c:
+    with IngestClient(create_app(stores)) as c:
         yield c

@@ -92,6 +92,9 @@ def test_segment_python_sdk_events_are_stored_and_readable(server: dict[str, Any
     assert errors == []
 
     admin = {"Authorization": f"Bearer {server['admin_key']}"}
+    # Answers mean "durable in the spool"; wait (bounded) until the loader stored them.
+    flushed = httpx.post(f"{server['url']}/api/ingest/flush", headers=admin, timeout=60)
+    assert flushed.status_code == 200 and flushed.json()["stored"] is True, flushed.text
     profile = httpx.get(f"{server['url']}/api/profiles/user_id:user-gz", headers=admin)
     assert profile.status_code == 200, profile.text
     body = profile.json()

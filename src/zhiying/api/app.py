@@ -59,6 +59,7 @@ def _routers() -> list[APIRouter]:
 
     return [
         ingest.router,
+        ingest.admin_router,
         profiles.router,
         tags.router,
         layers.router,

@@ -16,7 +16,10 @@ where ``accepted`` counts events stored now, ``duplicates`` events already
 stored (same ``messageId``), ``rejected`` the events refused with the field and
 reason; the valid events of a request are stored even when others are
 refused. When every event is refused: 400 problem details with the same list.
-A 200 is sent only once the events are durable (see ``zhiying.ingest.writer``).
+A 200 is sent only once the events are durable (see ``zhiying.ingest.writer``):
+in the server's spool mode that is when they are in the spool, and they reach
+the stores shortly after; ``POST /api/ingest/flush`` (admin) waits until
+everything answered before it is stored.
 """
 
 from __future__ import annotations
@@ -30,12 +33,12 @@ from typing import Annotated, Any, Final, Literal
 
 import orjson
 import pyarrow as pa
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from zhiying.api.deps import StoresDep, basic_user, check_write_key
+from zhiying.api.deps import AdminKey, StoresDep, basic_user, check_write_key
 from zhiying.api.problems import problem
 from zhiying.errors import ZhiyingError, redacted
 from zhiying.ingest.models import MAX_BATCH_BYTES, MAX_EVENT_BYTES, Rejection
@@ -243,6 +246,7 @@ _RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
 }
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
+admin_router = APIRouter(prefix="/api/ingest", tags=["ingest"])
 
 
 # --- request handling -----------------------------------------------------------------
@@ -447,3 +451,39 @@ for _kind, _model in (
     ("group", GroupMessage),
 ):
     _single(_kind, _model)
+
+
+class FlushResponse(BaseModel):
+    stored: bool = Field(description="Every event answered before the call is stored.")
+    backlog: int = Field(description="Events answered and not stored yet, after the wait.")
+
+
+@admin_router.post(
+    "/flush",
+    summary="Wait until every event answered so far is stored (read-your-writes)",
+    response_model=FlushResponse,
+    responses={503: {"description": "Not stored within `timeout` seconds (problem details)."}},
+)
+async def flush(
+    request: Request,
+    _key: AdminKey,
+    timeout: Annotated[float, Query(gt=0, le=300)] = 30.0,
+) -> Response:
+    """In spool mode, a 200 on ``/v1`` means the events are durable in the spool; the
+    loader stores them within about a second. This waits until every event answered
+    before the call is in the warehouse and the operational store (profiles,
+    segments and counts see it). Immediate when the server stores before answering."""
+    writer = _writer(request)
+    done = True if writer is None else await run_in_threadpool(writer.flush, timeout)
+    backlog = 0 if writer is None else writer.backlog_rows
+    if not done:
+        return problem(
+            503,
+            "not stored yet",
+            f"{backlog} answered events are still waiting to be stored after {timeout} s",
+            code="flush_timeout",
+            headers={"Retry-After": "1"},
+        )
+    return Response(
+        orjson.dumps({"stored": True, "backlog": backlog}), media_type="application/json"
+    )

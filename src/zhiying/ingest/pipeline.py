@@ -42,6 +42,7 @@ has one writer and the dedup check must see every earlier batch.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -64,6 +65,12 @@ _PERSON_KEY = EVENTS.get_field_index("person_key")
 
 identity_cache = PerEngine(IdentityCache)
 """This process's identifier cache for the operational store behind an engine."""
+
+STORED_IDS = threading.Lock()
+"""Held while ``store_events`` reads or extends the process's set of stored message
+ids (``warehouse.events``), so that a reader outside ``EVENT_WRITER`` sees it whole:
+the server's spool deduplicates requests with it while the loader stores
+(``zhiying.ingest.writer``)."""
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,8 @@ def store_events(
         now = stores.clock.now()
         dedup_since = now - timedelta(days=stores.settings.dedup_window_days)
 
-        fresh, rows = unseen_rows(warehouse, events, dedup_since)
+        with STORED_IDS:
+            fresh, rows = unseen_rows(warehouse, events, dedup_since)
         stored[rows] = True
         t1 = time.perf_counter()
         timings["dedup"] = t1 - t0
@@ -144,7 +152,8 @@ def store_events(
         if updates.num_rows:
             warehouse.insert("trait_updates", updates)
         warehouse.insert("events", fresh)
-        remember_stored(warehouse, fresh, dedup_since)
+        with STORED_IDS:
+            remember_stored(warehouse, fresh, dedup_since)
         timings["warehouse"] = time.perf_counter() - t3
     return StoreResult(
         inserted=fresh.num_rows,
