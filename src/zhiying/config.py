@@ -43,6 +43,13 @@ class Settings(BaseSettings):
         "once a store outgrows it: 700k random identifiers into a fresh store took 19.6 s "
         "with 2 MiB and 6.5 s with 256 MiB.",
     )
+    ingest_spool: bool = Field(
+        default=True,
+        description="Spool mode of `zhiying serve` with an embedded DuckDB file: a request is "
+        "answered once its events are synced to the spool beside the warehouse file, and a "
+        "loader thread stores them in large groups (docs/ingestion.md). False: answer after "
+        "storing each group of requests (direct mode).",
+    )
     api_url: str = Field(
         default="http://127.0.0.1:8000",
         description="Where the CLI finds a running `zhiying serve` when it holds the warehouse.",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -157,11 +158,11 @@ def _receipt_time(clock: ManualClock) -> None:
 
 
 @pytest.fixture
-def client(stores: Stores, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def client(stores: Stores) -> Iterator[TestClient]:
     # The writer's direct mode (answers after storing). In spool mode a 200 means
     # spooled and a failing store is retried: tests/ingest/test_spool.py.
-    monkeypatch.setenv("ZHIYING_INGEST_SPOOL", "0")
-    with TestClient(create_app(stores)) as c:
+    direct = replace(stores, settings=stores.settings.model_copy(update={"ingest_spool": False}))
+    with TestClient(create_app(direct)) as c:
         yield c
 
 

@@ -456,6 +456,10 @@ for _kind, _model in (
 class FlushResponse(BaseModel):
     stored: bool = Field(description="Every event answered before the call is stored.")
     backlog: int = Field(description="Events answered and not stored yet, after the wait.")
+    dead_letters: int = Field(
+        description="Events set aside since the server started because the stores kept "
+        "refusing them while accepting others (files in `<spool>/dead/`; docs/ingestion.md)."
+    )
 
 
 @admin_router.post(
@@ -472,10 +476,12 @@ async def flush(
     """In spool mode, a 200 on ``/v1`` means the events are durable in the spool; the
     loader stores them within about a second. This waits until every event answered
     before the call is in the warehouse and the operational store (profiles,
-    segments and counts see it). Immediate when the server stores before answering."""
+    segments and counts see it), or set aside as refused by the stores (counted in
+    ``dead_letters``). Immediate when the server stores before answering."""
     writer = _writer(request)
     done = True if writer is None else await run_in_threadpool(writer.flush, timeout)
     backlog = 0 if writer is None else writer.backlog_rows
+    dead = 0 if writer is None else writer.dead_letters
     if not done:
         return problem(
             503,
@@ -485,5 +491,6 @@ async def flush(
             headers={"Retry-After": "1"},
         )
     return Response(
-        orjson.dumps({"stored": True, "backlog": backlog}), media_type="application/json"
+        orjson.dumps({"stored": True, "backlog": backlog, "dead_letters": dead}),
+        media_type="application/json",
     )

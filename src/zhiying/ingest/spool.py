@@ -14,6 +14,12 @@ Appends go to the newest segment; a new one is started when it exceeds
 read). A segment is deleted (:meth:`Spool.release`) only once every record in it
 is stored in both stores; a crash before that makes the next start store its
 records again, which dedup by ``messageId`` turns into no-ops.
+
+Events the stores keep refusing (``zhiying.ingest.writer``'s poison rule) are
+set aside in ``dead/<UTC time>-<n>.arrows``: one Arrow IPC stream of ``EVENTS``
+rows plus ``error_class`` and ``error`` (the exception's type and frames, never
+its message, which can quote the row) per row; :func:`read_dead_letters` reads
+one back as ``EVENTS`` rows for ``store_events``.
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ import struct
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 import pyarrow as pa
+
+from zhiying.warehouse.schema import EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,20 @@ def _encode(table: pa.Table) -> bytes:
         stream.write_table(table)
     data: bytes = sink.getvalue().to_pybytes()
     return _HEADER.pack(len(data), zlib.crc32(data)) + data
+
+
+DEAD_LETTERS: Final = pa.schema(
+    [*EVENTS, pa.field("error_class", pa.string()), pa.field("error", pa.string())]
+)
+"""A dead-letter file's rows: the event, the class of the store's error, and the
+error's type and frames (no message: it can quote the row)."""
+
+
+def read_dead_letters(path: Path) -> pa.Table:
+    """The ``EVENTS`` rows of a dead-letter file, ready for ``store_events``."""
+    with pa.ipc.open_stream(path) as reader:
+        table = reader.read_all()
+    return table.select(EVENTS.names).cast(EVENTS)
 
 
 def _sync_directory(directory: Path) -> None:
@@ -134,6 +157,29 @@ class Spool:
         """The segment appends go to now (it may not exist yet)."""
         with self._lock:
             return self._current
+
+    def dead_letter(self, rows: pa.Table, now: datetime) -> Path:
+        """Write ``rows`` (:data:`DEAD_LETTERS`) to a new file in ``dead/`` and sync it;
+        returns its path. Called before the rows' segments may be released."""
+        directory = self.directory / "dead"
+        directory.mkdir(exist_ok=True)
+        stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        n = 0
+        while (path := directory / f"{stamp}-{n}.arrows").exists():
+            n += 1
+        temporary = path.with_suffix(".tmp")
+        with temporary.open("wb") as f:
+            with pa.ipc.new_stream(f, DEAD_LETTERS) as stream:
+                stream.write_table(rows.select(DEAD_LETTERS.names).cast(DEAD_LETTERS))
+            f.flush()
+            os.fdatasync(f.fileno())
+        temporary.rename(path)
+        _sync_directory(directory)
+        return path
+
+    def dead_letter_files(self) -> list[Path]:
+        """Dead-letter files, oldest first."""
+        return sorted((self.directory / "dead").glob("*.arrows"))
 
     def release(self, below: int) -> None:
         """Delete the segments numbered below ``below``, except the one being

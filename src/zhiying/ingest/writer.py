@@ -8,8 +8,8 @@ most ``linger`` seconds for more once it has some) and makes it durable in one
 go; every future then gets that request's own counts. What "durable" means
 depends on the mode:
 
-**Spool mode** (an embedded DuckDB file; ``ZHIYING_INGEST_SPOOL``, see
-:func:`spool_enabled`). The writer deduplicates the group by ``messageId``
+**Spool mode** (an embedded DuckDB file; ``Settings.ingest_spool``, env
+``ZHIYING_INGEST_SPOOL``, default on). The writer deduplicates the group by ``messageId``
 (against the ids stored and the ids spooled but not stored yet), appends the
 new rows to the spool (``zhiying.ingest.spool``: one ``fdatasync`` for the
 group) and answers. A **loader** thread takes what the spool holds in large
@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import collections
 import gc
+import itertools
 import logging
-import os
 import queue
 import threading
 import time
@@ -66,21 +66,11 @@ from zhiying.warehouse.schema import EVENTS
 
 log = logging.getLogger(__name__)
 
-SPOOL_ENV: Final = "ZHIYING_INGEST_SPOOL"
-"""``1`` answers requests from the spool (spool mode), ``0`` after ``store_events``."""
-SPOOL_DEFAULT: Final = True
 RETRY_SECONDS: Final = 1.0
-"""Pause of the loader between two attempts to store a group that failed."""
-
-
-def spool_enabled() -> bool:
-    """Whether servers use spool mode (:data:`SPOOL_ENV`, default :data:`SPOOL_DEFAULT`)."""
-    value = os.environ.get(SPOOL_ENV, "").strip().lower()
-    if value in ("0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    return SPOOL_DEFAULT
+"""Pause of the loader between two attempts to store events that failed."""
+POISON_STRIKES: Final = 3
+"""Failures after which a group is split, and strikes after which a row is set aside
+(see :class:`_Loader`)."""
 
 
 def spool_directory(stores: Stores) -> Path | None:
@@ -137,8 +127,51 @@ class _Record:
     at: float  # time.monotonic() when spooled
 
 
+@dataclass
+class _Part:
+    """Rows of a stuck load, tried on their own (see :class:`_Loader`)."""
+
+    table: pa.Table
+    strikes: int = 0
+    done: bool = False
+    error: BaseException | None = None
+
+
+def _halves(table: pa.Table) -> list[pa.Table]:
+    half = table.num_rows // 2
+    return [table] if half == 0 else [table.slice(0, half), table.slice(half)]
+
+
 class _Loader:
-    """Spool mode's loader thread and the bookkeeping it shares with the writer."""
+    """Spool mode's loader thread and the bookkeeping it shares with the writer.
+
+    **Poison rows vs a store that is down.** Answered events must never be
+    dropped, but one row a store refuses for good (a value a constraint or
+    trigger rejects, a bug) must not stop the loader forever. The rule:
+
+    1. A load (a group of spooled records) that fails :data:`POISON_STRIKES`
+       times in a row, :data:`RETRY_SECONDS` apart, is split in halves.
+    2. Then in rounds, :data:`RETRY_SECONDS` apart: every part still unstored is
+       tried once, in spool order, then (loader thread) the records spooled
+       since, as one more part. A part that fails in a round in which the
+       stores accepted other events of the load (a call with ``inserted > 0``)
+       gets a **strike**; its halves inherit its strikes. A part of several
+       rows with a strike is split in halves; a single row that failed on its
+       own with :data:`POISON_STRIKES` strikes is **dead-lettered**
+       (``Spool.dead_letter``: ``<spool>/dead/*.arrows``), and the load goes on.
+
+    While a store is down, every attempt fails and nothing is accepted, so no
+    part gets a strike: nothing is split further and nothing is set aside; the
+    load is retried every second until the store is back. Splitting loses
+    nothing; only dead-lettering does, and a row is dead-lettered only after it
+    failed in three rounds, at least a second apart, in each of which the
+    stores accepted other events — a store that refuses that row, not one that
+    is down (wrongly setting a row aside would take a store that fails and
+    recovers three times in a row, in step with the rounds). The cost: a
+    poison row whose load has no other rows left waits (retried every second)
+    until newer events arrive, and a load in which the stores refuse every row
+    waits like a store that is down.
+    """
 
     def __init__(
         self,
@@ -171,6 +204,13 @@ class _Loader:
         self.loads: collections.deque[int] = collections.deque(maxlen=1000)
         """Rows per recent ``store_events`` call (tests, the bench)."""
         self.failures = 0
+        """Failed ``store_events`` calls."""
+        self.inserted = 0
+        """Rows inserted by this loader's ``store_events`` calls."""
+        self.dead_letters = 0
+        """Events set aside (dead-lettered) since the start."""
+        self._taken = 0
+        """Queue records in the load under way (the group and what it took in since)."""
 
     # -- the writer's side --
 
@@ -226,23 +266,42 @@ class _Loader:
 
     def recover(self) -> int:
         """Store what the spool holds from an earlier process (before serving);
-        returns the rows stored now (rows already stored are duplicates)."""
+        returns the rows stored now (rows already stored are duplicates). Rows the
+        stores refuse now (a round of :meth:`_store_all` with nothing accepted)
+        are left to the loader thread, which retries them while serving."""
         # Build the set of stored ids now (one scan of the dedup window), not in a request.
         since = self._stores.clock.now() - timedelta(days=self._stores.settings.dedup_window_days)
         with STORED_IDS:
             new_message_ids(self._stores.warehouse, EVENTS.empty_table(), since)
         stored = 0
-        group: list[pa.Table] = []
-        rows = 0
+        left: list[tuple[pa.Table, int]] = []
         below = self.spool.current
-        for _, table in self.spool.records(below=below):
-            group.append(table)
+        groups: list[tuple[list[pa.Table], int]] = []
+        rows = 0
+        for segment, table in self.spool.records(below=below):
+            if not groups or rows >= self.max_load_rows:
+                groups.append(([], segment))
+                rows = 0
+            groups[-1][0].append(table)
             rows += table.num_rows
-            if rows >= self.max_load_rows:
-                stored += self._store(self._stores, pa.concat_tables(group)).inserted
-                group, rows = [], 0
-        if group:
-            stored += self._store(self._stores, pa.concat_tables(group)).inserted
+        for tables, segment in groups:
+            table = pa.concat_tables(tables)
+            inserted_before = self.inserted
+            rest = self._store_all(table, None)
+            stored += self.inserted - inserted_before
+            left += [(part, segment) for part in rest or []]
+        if left:
+            now = time.monotonic()
+            with self._cond:
+                for part, segment in left:
+                    ids: list[str] = part.column("message_id").to_pylist()
+                    with STORED_IDS:
+                        self.pending.update(ids)
+                    self.spooled_seq += 1
+                    self._queue.append(_Record(part, ids, segment, self.spooled_seq, now))
+                    self.queued_rows += part.num_rows
+            below = left[0][1]
+            log.error("%d events left in the spool are refused for now; retrying", self.queued_rows)
         self.spool.release(below)
         self._recovered = True
         if stored:
@@ -298,41 +357,149 @@ class _Loader:
         while True:
             with self._cond:
                 group = self._next_group()
-            if group is None:
-                return
+                if group is None:
+                    return
+                self._taken = len(group)
             tables = [record.table for record in group]
             table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-            if not self._load(table):
+            if self._store_all(table, self._take_more) is None:
                 return
-            ids = [i for record in group for i in record.ids]
-            self.forget(ids)
             with self._cond:
-                for _ in group:
-                    self._queue.popleft()
-                self.queued_rows -= table.num_rows
-                self.stored_seq = group[-1].seq
+                done = [self._queue.popleft() for _ in range(self._taken)]
+                self._taken = 0
+            self.forget([i for record in done for i in record.ids])
+            with self._cond:
+                self.queued_rows -= sum(record.table.num_rows for record in done)
+                self.stored_seq = done[-1].seq
                 below = self._queue[0].segment if self._queue else self._last_segment
                 self._cond.notify_all()
             self.spool.release(below)
 
-    def _load(self, table: pa.Table) -> bool:
-        """Store ``table``, retrying until it works (its rows were answered as
-        stored); False when stopping after a failure (the spool keeps them)."""
+    def _take_more(self) -> pa.Table | None:
+        """The records spooled after the load under way (up to ``max_load_rows``
+        rows), now part of it: a stuck load takes them in so that they are stored
+        (and witness that the stores work) instead of waiting behind it."""
+        with self._cond:
+            more: list[pa.Table] = []
+            rows = 0
+            for record in itertools.islice(self._queue, self._taken, None):
+                if more and rows + record.table.num_rows > self.max_load_rows:
+                    break
+                more.append(record.table)
+                rows += record.table.num_rows
+            self._taken += len(more)
+        return pa.concat_tables(more) if more else None
+
+    def _try(self, table: pa.Table) -> int:
+        """One ``store_events`` call; the rows it inserted."""
+        inserted = self._store(self._stores, table).inserted
+        self.loads.append(table.num_rows)
+        self.inserted += inserted
+        return inserted
+
+    def _pause(self) -> bool:
+        """Wait :data:`RETRY_SECONDS` (less if stopping); False when stopping."""
+        with self._cond:
+            if self._stopping:
+                return False
+            self._cond.wait(RETRY_SECONDS)
+        return True
+
+    def _store_all(
+        self, table: pa.Table, more: Callable[[], pa.Table | None] | None
+    ) -> list[pa.Table] | None:
+        """Store ``table`` (its rows were answered as stored): retried, split and
+        dead-lettered by the rule of the class docstring. ``more``: newer records to
+        take in while stuck (the loader thread). Returns ``[]`` once every row is
+        stored or dead-lettered; None when stopping (the spool keeps the rows);
+        without ``more`` (recovery), the parts still refused after a round in
+        which nothing was accepted."""
+        failures = 0
         while True:
             try:
-                self._store(self._stores, table)
+                self._try(table)
             except Exception as exc:
+                failures += 1
                 self.failures += 1
                 log.error(
-                    "storing %d spooled events failed (retrying): %s", table.num_rows, redacted(exc)
+                    "storing %d spooled events failed (attempt %d): %s",
+                    table.num_rows,
+                    failures,
+                    redacted(exc),
                 )
-                with self._cond:
-                    if self._stopping:
-                        return False
-                    self._cond.wait(RETRY_SECONDS)
             else:
-                self.loads.append(table.num_rows)
-                return True
+                return []
+            if failures >= POISON_STRIKES:
+                return self._isolate(table, more)
+            if not self._pause():
+                return None
+
+    def _isolate(
+        self, table: pa.Table, more: Callable[[], pa.Table | None] | None
+    ) -> list[pa.Table] | None:
+        """Rounds 2. of the rule (class docstring) on ``table``, split in halves."""
+        parts = [_Part(half) for half in _halves(table)]
+        while True:
+            if more is not None and (extra := more()) is not None:
+                parts.append(_Part(extra))
+            accepted = False
+            for part in parts:
+                try:
+                    inserted = self._try(part.table)
+                except Exception as exc:
+                    self.failures += 1
+                    part.error = exc
+                else:
+                    part.done = True
+                    accepted |= inserted > 0  # the stores take other events now
+            failed = [part for part in parts if not part.done]
+            if not failed:
+                return []
+            errors = sorted({type(part.error).__name__ for part in failed})
+            log.error(
+                "storing spooled events: %d rows in %d parts refused (%s); retrying",
+                sum(part.table.num_rows for part in failed),
+                len(failed),
+                ", ".join(errors),
+            )
+            if more is None and not accepted:
+                return [part.table for part in failed]
+            parts = []
+            dead: list[_Part] = []
+            for part in failed:
+                if not accepted:  # a store down, or every row refused: wait, as is
+                    parts.append(part)
+                    continue
+                part.strikes += 1
+                if part.table.num_rows > 1:
+                    parts += [_Part(half, part.strikes) for half in _halves(part.table)]
+                elif part.strikes >= POISON_STRIKES:
+                    dead.append(part)
+                else:
+                    parts.append(part)
+            if dead:
+                self._dead_letter(dead)
+            if parts and not self._pause():
+                return None
+
+    def _dead_letter(self, dead: list[_Part]) -> None:
+        rows = pa.concat_tables([part.table for part in dead])
+        classes = [type(part.error).__name__ for part in dead]
+        errors = [redacted(part.error) if part.error else "" for part in dead]
+        rows = rows.append_column("error_class", pa.array(classes, pa.string())).append_column(
+            "error", pa.array(errors, pa.string())
+        )
+        path = self.spool.dead_letter(rows, self._stores.clock.now())
+        self.dead_letters += rows.num_rows
+        log.warning(
+            "set aside %d events the stores refused %d times while accepting others (%s) in "
+            "%s; %d dead-lettered since start",
+            rows.num_rows,
+            POISON_STRIKES,
+            ", ".join(sorted(set(classes))),
+            path.name,
+            self.dead_letters,
+        )
 
 
 class EventWriter:
@@ -353,7 +520,7 @@ class EventWriter:
         max_load_rows: int = 16_000,
         max_backlog_rows: int = 100_000,
     ) -> None:
-        """``spool``: spool mode (None: :func:`spool_enabled`; only with an embedded
+        """``spool``: spool mode (None: ``settings.ingest_spool``; only with an embedded
         DuckDB file). ``load_rows``/``load_interval``/``max_load_rows``: the loader's
         groups (kept under ``identity.service.SET_BASED_ROWS``: a group that large is
         resolved set-based, without the identifier cache, ≈ 10× the CPU of the cached
@@ -373,7 +540,7 @@ class EventWriter:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.commits = 0  # groups made durable, for tests and the bench
-        use_spool = spool_enabled() if spool is None else spool
+        use_spool = stores.settings.ingest_spool if spool is None else spool
         directory = spool_directory(stores) if use_spool else None
         self.loader = (
             None
@@ -427,6 +594,12 @@ class EventWriter:
         if self.loader is None:
             return True
         return self.loader.flush(timeout)
+
+    @property
+    def dead_letters(self) -> int:
+        """Events set aside since the start because the stores kept refusing them
+        (``<spool>/dead/``; see :class:`_Loader`)."""
+        return 0 if self.loader is None else self.loader.dead_letters
 
     @property
     def backlog_rows(self) -> int:
