@@ -302,6 +302,8 @@ RULES: dict[str, dict[str, Any]] = {
     "products_price_eq": _order("properties.products[].price", "eq", 19.9),
     "products_quantity_gte": _order("properties.products[].quantity", "gte", 2),
     "products_category_not_set": _order("properties.products[].category", "is_not_set"),
+    "products_brand_in": _order("properties.products[].brand", "in", values=["SK-II", "Shiseido"]),
+    "products_category_eq": _order("properties.products[].category", "eq", "makeup"),
     # events: JSON properties, typed by the JSON value
     "json_string": _push("properties.campaign.tier", "eq", "gold"),
     "json_string_neq": _push("properties.campaign.tier", "neq", "gold"),

@@ -12,6 +12,9 @@ reads) and derive every column type from the Arrow schemas in
   in with one ``jsonb_populate_recordset`` per table.
 - Spark: one temporary view per table, built from an Arrow table with the
   warehouse schema.
+
+``events`` has the derived columns too (``schema.DERIVED``: ``product_brands``,
+…), computed from each row's products as the warehouse engines do on write.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import pyarrow as pa
 from tests.segments.helpers import warehouse_rows
 from zhiying.segments.reference import Dataset
 from zhiying.warehouse.schema import (
-    EVENTS,
+    DERIVED,
+    EVENTS_STORED,
     IDENTIFIER,
     LAYER_VALUES,
     ONE_ID_ALIASES,
@@ -44,7 +48,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 TABLES: dict[str, pa.Schema] = {
-    "events": EVENTS,
+    "events": EVENTS_STORED,
     "one_id_aliases": ONE_ID_ALIASES,
     "person_keys": PERSON_KEYS,
     "trait_updates": TRAIT_UPDATES,
@@ -56,8 +60,12 @@ COMPOSITES: dict[str, pa.StructType] = {"product": PRODUCT, "identifier": IDENTI
 
 
 def rows_of(data: Dataset) -> dict[str, list[dict[str, Any]]]:
-    """``data`` as keyed rows per warehouse table (aliases and dictionary included)."""
-    return warehouse_rows(data)
+    """``data`` as keyed rows per warehouse table (aliases and dictionary included),
+    with the derived columns filled."""
+    rows = warehouse_rows(data)
+    for name, derived in DERIVED.items():
+        rows[name] = [{**row, **{d.name: d.values(row) for d in derived}} for row in rows[name]]
+    return rows
 
 
 def untied(data: Dataset) -> Dataset:

@@ -77,10 +77,11 @@ from zhiying.segments.models import (
     value_kind,
 )
 from zhiying.warehouse.schema import (
-    EVENTS,
+    EVENTS_STORED,
     LAYER_VALUES,
     ONE_ID_ALIASES,
     PERSON_KEYS,
+    PRODUCT_LISTS,
     SEGMENT_MEMBERS,
     TAG_VALUES,
     TRAIT_UPDATES,
@@ -126,7 +127,7 @@ class NoSegments:
 
 # --- unbound warehouse tables ---------------------------------------------------------
 
-_T_EVENTS = ibis.table(ibis.Schema.from_pyarrow(EVENTS), name="events")
+_T_EVENTS = ibis.table(ibis.Schema.from_pyarrow(EVENTS_STORED), name="events")
 _T_ALIASES = ibis.table(ibis.Schema.from_pyarrow(ONE_ID_ALIASES), name="one_id_aliases")
 _T_TRAITS = ibis.table(ibis.Schema.from_pyarrow(TRAIT_UPDATES), name="trait_updates")
 _T_KEYS = ibis.table(ibis.Schema.from_pyarrow(PERSON_KEYS), name="person_keys")
@@ -450,6 +451,24 @@ class _Compiler:
                     field=f"{_pre(path)}property",
                 )
             self._check_kind(kind, fkind, prop, f"{_pre(path)}value")
+            # A field with a derived list column (``product_brands``: the products'
+            # brands in order, NULLs kept; ``schema.DERIVED``) is tested on that list:
+            # DuckDB then decodes one VARCHAR[] instead of every field of every
+            # product (bought Shiseido twice, 20M events, one thread: 0.24 s instead
+            # of 0.51 s by hand).
+            # Same elements, same tests, so the same NULL semantics as the struct.
+            listed = PRODUCT_LISTS.get(fld)
+
+            def field_list(
+                r: ir.Table, each: Callable[[ir.Value], ir.Value] | None = None
+            ) -> ir.ArrayValue:
+                """The products' ``fld`` values, or ``each`` of them when given."""
+                if listed is not None:
+                    values: ir.ArrayValue = r[listed]
+                    return values if each is None else values.map(each)
+                fn = each or (lambda v: v)
+                return r["products"].map(lambda p: fn(sqlext.element_field(p, fld)))
+
             if fkind == "string" and flt.op in ("eq", "in"):
                 # "Some product's brand is X" as "the list of brands contains X": on
                 # DuckDB ``list_contains(list_apply(…))`` takes about 0.75× the CPU of
@@ -458,7 +477,7 @@ class _Compiler:
                 wanted = [flt.value] if flt.op == "eq" else list(flt.values or ())
 
                 def has(r: ir.Table) -> ir.BooleanValue:
-                    names = r["products"].map(lambda p: sqlext.element_field(p, fld))
+                    names = field_list(r)
                     out = names.contains(_lit(wanted[0]))
                     for more in wanted[1:]:
                         out = out | names.contains(_lit(more))
@@ -470,10 +489,10 @@ class _Compiler:
             # exactly with DECIMAL literals.
             test = money_compare if fkind == "number" else compare
 
-            def elem(p: ir.StructValue) -> ir.BooleanValue:
-                return test(sqlext.element_field(p, fld), flt.op, flt.value, flt.values)
+            def elem(v: ir.Value) -> ir.BooleanValue:
+                return test(v, flt.op, flt.value, flt.values)
 
-            return lambda r: r["products"].map(elem).anys().fill_null(False)
+            return lambda r: field_list(r, elem).anys().fill_null(False)
         if "[]" in prop:
             raise UnsupportedRule(
                 "only properties.products[] is an array of objects the warehouse types",

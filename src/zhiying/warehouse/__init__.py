@@ -7,10 +7,17 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from urllib.parse import unquote, urlparse
 
 from zhiying.warehouse.base import Warehouse, WarehouseError
-from zhiying.warehouse.schema import TABLES, add_column_sql, create_table_sql
+from zhiying.warehouse.schema import (
+    DERIVED,
+    TABLES,
+    add_column_sql,
+    add_derived_sql,
+    create_table_sql,
+)
 
 
 def open_warehouse(url: str, *, read_only: bool = False, create: bool = True) -> Warehouse:
@@ -54,17 +61,33 @@ def ensure_tables(warehouse: Warehouse) -> None:
     columns, appended last (``schema.py``), so a table created by an older
     version is brought up to date by ``ALTER TABLE … ADD COLUMN`` and reads the
     same as a new one. Filling the new columns of old rows is the job of the
-    code that introduced them (``zhiying.ingest.person_keys.backfill``).
+    code that introduced them (``zhiying.ingest.person_keys.backfill``), except
+    for derived columns (``schema.DERIVED``), which are added after the others
+    and filled for the stored rows here: they are a function of columns every
+    row already has.
     """
     present = _columns(warehouse)
     for name, (schema, order_by) in TABLES.items():
+        derived = DERIVED.get(name, ())
         have = present.get(name)
         if have is None:
-            warehouse.execute(create_table_sql(name, schema, warehouse.dialect, order_by))
+            warehouse.execute(create_table_sql(name, schema, warehouse.dialect, order_by, derived))
             continue
         for column in schema:
             if column.name not in have:
                 warehouse.execute(add_column_sql(name, column, warehouse.dialect))
+        missing = tuple(d for d in derived if d.name not in have)
+        statements = add_derived_sql(name, schema, derived, missing, warehouse.dialect)
+        if statements and warehouse.dialect == "duckdb":
+            try:
+                warehouse.execute(";\n".join(statements))  # one transaction
+            except WarehouseError:
+                with suppress(WarehouseError):  # leave the connection usable
+                    warehouse.execute("ROLLBACK")
+                raise
+        else:
+            for sql in statements:
+                warehouse.execute(sql)
 
 
 def _columns(warehouse: Warehouse) -> dict[str, set[str]]:

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from zhiying.errors import StoreBusy
 from zhiying.warehouse.base import WarehouseError
-from zhiying.warehouse.schema import Dialect
+from zhiying.warehouse.schema import DERIVED, Dialect
 
 CHECKPOINT_THRESHOLD = "128MB"
 """Write-ahead log size that triggers a checkpoint (DuckDB's default: 16 MB)."""
@@ -80,12 +80,12 @@ class DuckDBWarehouse:
             cursor.close()
 
     def insert(self, table: str, data: pa.Table) -> int:
+        data = _with_derived_arrays(table, data)
         cols = ", ".join(f'"{name}"' for name in data.column_names)
         return self.insert_select(table, data, f"SELECT {cols} FROM __batch")
 
     def insert_select(self, table: str, data: pa.Table, select_sql: str) -> int:
-        cols = ", ".join(f'"{name}"' for name in data.column_names)
-        sql = f'INSERT INTO "{table}" ({cols}) {select_sql}'
+        sql = f'INSERT INTO "{table}" {_with_derived(table, data.column_names, select_sql)}'
         try:
             with self._write_lock:
                 cursor = self._con.cursor()
@@ -99,6 +99,32 @@ class DuckDBWarehouse:
 
     def close(self) -> None:
         self._con.close()
+
+
+def _with_derived_arrays(table: str, data: pa.Table) -> pa.Table:
+    """``data`` plus ``table``'s derived columns (``schema.DERIVED``) computed in Arrow,
+    where it has their source and lacks them (those Arrow cannot compute are left to
+    :func:`_with_derived`)."""
+    for column in DERIVED.get(table, ()):
+        if column.source in data.column_names and column.name not in data.column_names:
+            values = column.arrow(data.column(column.source))
+            if values is not None:
+                data = data.append_column(column.field, values)
+    return data
+
+
+def _with_derived(table: str, names: list[str], select_sql: str) -> str:
+    """``(columns) select_sql`` with ``table``'s derived columns (``schema.DERIVED``)
+    computed from the selected rows: the ones whose source is written and that the
+    caller does not write itself. ``select_sql``'s columns are renamed to ``names``,
+    so the derived expressions find their source whatever ``select_sql`` calls it."""
+    cols = ", ".join(f'"{name}"' for name in names)
+    derived = [d for d in DERIVED.get(table, ()) if d.source in names and d.name not in names]
+    if not derived:
+        return f"({cols}) {select_sql}"
+    targets = ", ".join([cols, *(f'"{d.name}"' for d in derived)])
+    values = ", ".join(d.expression("duckdb", f'__s."{d.source}"') for d in derived)
+    return f"({targets}) SELECT __s.*, {values} FROM ({select_sql}) AS __s({cols})"
 
 
 def _execute_with_batch(

@@ -8,13 +8,21 @@ ibis to every dialect, JSON does not (see DESIGN.md).
 Timestamps are naive microsecond values meaning UTC on every engine.
 Money (``revenue``, product ``price``) is ``DECIMAL(18, 2)`` in currency units,
 never float.
+
+Derived columns (:class:`DerivedColumn`, :data:`DERIVED`) are stored copies
+of parts of other columns that rules filter on, kept out of the writer
+schemas: writers build ``EVENTS`` tables and the engines fill the derived
+columns on every write.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 Dialect = Literal["duckdb", "clickhouse"]
 
@@ -137,6 +145,94 @@ SEGMENT_MEMBERS = pa.schema(
     ]
 )
 
+
+@dataclass(frozen=True)
+class DerivedColumn:
+    """A stored column the warehouse computes from a list-of-struct column: the list of
+    one field of its elements, in element order (NULL elements where the field is
+    NULL; on DuckDB a NULL list where the source is NULL, on ClickHouse, whose
+    arrays cannot be NULL, an empty one).
+
+    Why: "some product's brand is Shiseido" over ``products`` makes DuckDB decode
+    every field of every product of every scanned order; over a ``VARCHAR[]`` of
+    the brands "bought Shiseido twice" (2M orders in 20M events, one thread) took
+    0.24 s by hand against 0.51 s over the structs. The writers do not know these
+    columns (they build ``EVENTS`` tables; a writer can neither forget nor get one
+    wrong):
+
+    - DuckDB (no stored generated columns): ``DuckDBWarehouse.insert`` appends
+      them computed in Arrow (:meth:`arrow`), ``insert_select`` with
+      :meth:`expression` in its ``INSERT … SELECT``, whenever the written columns
+      include the source and not the derived column;
+    - ClickHouse (chdb, server): ``MATERIALIZED`` columns, which the engine fills
+      on insert and leaves out of ``SELECT *``.
+
+    A warehouse created before a derived column existed gains it, filled for the
+    stored rows, in ``zhiying.warehouse.ensure_tables`` (:func:`add_derived_sql`).
+    Derived columns come after the writer schema's columns, in new and upgraded
+    tables alike.
+    """
+
+    name: str
+    source: str
+    element: str
+    type: pa.DataType
+
+    @property
+    def field(self) -> pa.Field:
+        return pa.field(self.name, self.type)
+
+    def expression(self, dialect: Dialect, source_sql: str | None = None) -> str:
+        """The SQL computing the column from ``source_sql`` (default: the source column)."""
+        if dialect == "duckdb":
+            src = source_sql or f'"{self.source}"'
+            return f'list_transform({src}, lambda x: x."{self.element}")'
+        src = source_sql or f"`{self.source}`"
+        return f"arrayMap(x -> tupleElement(x, '{self.element}'), {src})"
+
+    def arrow(self, source: pa.Array | pa.ChunkedArray) -> pa.Array | None:
+        """The column for ``source`` (the source column's values) computed in Arrow, or
+        None when ``source`` is not a list of structs with the element field.
+
+        It shares the source's offsets and the element field's child array: no
+        row-by-row work (DuckDB's ``insert`` writes it instead of evaluating the SQL
+        expression; measured on 500-row event appends: about 0.5 ms less CPU).
+        """
+        lists = source.combine_chunks() if isinstance(source, pa.ChunkedArray) else source
+        t = lists.type
+        if not (pa.types.is_list(t) and pa.types.is_struct(t.value_type)):
+            return None
+        if t.value_type.get_field_index(self.element) < 0:
+            return None
+        values = pc.struct_field(lists.values, self.element).cast(self.type.value_type)
+        mask = lists.is_null() if lists.null_count else None
+        return pa.ListArray.from_arrays(lists.offsets, values, type=self.type, mask=mask)
+
+    def values(self, row: Mapping[str, Any]) -> list[Any] | None:
+        """The column's value for a row given as a dict (DuckDB's form: NULL for a NULL
+        source), for test harnesses that load rows into other engines."""
+        items = row.get(self.source)
+        if items is None:
+            return None
+        return [None if item is None else item.get(self.element) for item in items]
+
+
+DERIVED: dict[str, tuple[DerivedColumn, ...]] = {
+    "events": (
+        DerivedColumn("product_brands", "products", "brand", pa.list_(pa.string())),
+        DerivedColumn("product_categories", "products", "category", pa.list_(pa.string())),
+    ),
+}
+"""Derived columns per table, in column order after the writer schema's columns."""
+
+EVENTS_STORED = pa.schema([*EVENTS, *(d.field for d in DERIVED["events"])])
+"""The columns a reader of ``events`` sees: ``EVENTS`` then the derived columns."""
+
+PRODUCT_LISTS: dict[str, str] = {
+    d.element: d.name for d in DERIVED["events"] if d.source == "products"
+}
+"""Product field → the derived column listing it (``brand`` → ``product_brands``)."""
+
 TABLES: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
     # name: (schema, ClickHouse ORDER BY key)
     "events": (EVENTS, ("received_at",)),
@@ -205,16 +301,30 @@ def _clickhouse_type(t: pa.DataType, nullable: bool) -> str:
 
 
 def create_table_sql(
-    name: str, schema: pa.Schema, dialect: Dialect, order_by: tuple[str, ...]
+    name: str,
+    schema: pa.Schema,
+    dialect: Dialect,
+    order_by: tuple[str, ...],
+    derived: tuple[DerivedColumn, ...] = (),
 ) -> str:
-    """``CREATE TABLE IF NOT EXISTS`` for ``schema`` in ``dialect``."""
+    """``CREATE TABLE IF NOT EXISTS`` for ``schema`` and then ``derived`` in ``dialect``."""
     if dialect == "duckdb":
         cols = ",\n  ".join(
-            f'"{f.name}" {_duckdb_type(f.type)}' + ("" if f.nullable else " NOT NULL")
-            for f in schema
+            [
+                *(
+                    f'"{f.name}" {_duckdb_type(f.type)}' + ("" if f.nullable else " NOT NULL")
+                    for f in schema
+                ),
+                *(f'"{d.name}" {_duckdb_type(d.type)}' for d in derived),
+            ]
         )
         return f'CREATE TABLE IF NOT EXISTS "{name}" (\n  {cols}\n)'
-    cols = ",\n  ".join(f"`{f.name}` {_clickhouse_type(f.type, f.nullable)}" for f in schema)
+    cols = ",\n  ".join(
+        [
+            *(f"`{f.name}` {_clickhouse_type(f.type, f.nullable)}" for f in schema),
+            *(_clickhouse_derived(d) for d in derived),
+        ]
+    )
     key = ", ".join(f"`{c}`" for c in order_by)
     return f"CREATE TABLE IF NOT EXISTS `{name}` (\n  {cols}\n) ENGINE = MergeTree ORDER BY ({key})"
 
@@ -227,3 +337,54 @@ def add_column_sql(table: str, column: pa.Field, dialect: Dialect) -> str:
         )
     kind = _clickhouse_type(column.type, nullable=True)
     return f"ALTER TABLE `{table}` ADD COLUMN IF NOT EXISTS `{column.name}` {kind}"
+
+
+def _clickhouse_derived(column: DerivedColumn) -> str:
+    # Elements keep their NULLs (a product without a brand): a rule's test on it is
+    # false, as on the struct field, where an empty string could pass ``neq``.
+    assert pa.types.is_list(column.type)
+    kind = f"Array({_clickhouse_type(column.type.value_type, nullable=True)})"
+    return f"`{column.name}` {kind} MATERIALIZED {column.expression('clickhouse')}"
+
+
+def add_derived_sql(
+    table: str,
+    schema: pa.Schema,
+    derived: tuple[DerivedColumn, ...],
+    missing: tuple[DerivedColumn, ...],
+    dialect: Dialect,
+) -> list[str]:
+    """Statements giving ``table`` (``schema``'s columns, some of ``derived``) its
+    ``missing`` derived columns, filled for the stored rows before they return.
+
+    DuckDB: the table is rebuilt in one transaction (a copy with every derived
+    column computed, then renamed): an ``UPDATE`` of a list column is a delete
+    and an insert of every row in DuckDB, which took as long (53 s of CPU against
+    47 s on 20M events), left the rows out of arrival order (time windows prune
+    row groups by their timestamps) and the old versions in the file until a
+    checkpoint. ClickHouse: ``ADD COLUMN … MATERIALIZED`` and a synchronous
+    ``MATERIALIZE COLUMN`` (until it ran, old parts compute the column on read).
+    """
+    if not missing:
+        return []
+    if dialect == "duckdb":
+        temp = f"__{table}_rebuild"
+        cols = ", ".join(f'"{name}"' for name in schema.names)
+        values = ", ".join(d.expression(dialect) for d in derived)
+        return [
+            "BEGIN TRANSACTION",
+            f'DROP TABLE IF EXISTS "{temp}"',
+            create_table_sql(temp, schema, dialect, (), derived),
+            f'INSERT INTO "{temp}" SELECT {cols}, {values} FROM "{table}"',
+            f'DROP TABLE "{table}"',
+            f'ALTER TABLE "{temp}" RENAME TO "{table}"',
+            "COMMIT",
+        ]
+    added = [
+        f"ALTER TABLE `{table}` ADD COLUMN IF NOT EXISTS {_clickhouse_derived(d)}" for d in missing
+    ]
+    filled = [
+        f"ALTER TABLE `{table}` MATERIALIZE COLUMN `{d.name}` SETTINGS mutations_sync = 2"
+        for d in missing
+    ]
+    return [*added, *filled]

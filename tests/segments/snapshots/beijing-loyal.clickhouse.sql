@@ -1,9 +1,9 @@
 WITH "t16" AS (
   SELECT
-    COALESCE("t3"."person_key", "t12"."stored_key") AS "person",
-    "t12"."value" AS "value",
-    "t12"."timestamp" AS "timestamp",
-    "t12"."message_id" AS "message_id"
+    COALESCE("t3"."person_key", "t13"."stored_key") AS "person",
+    "t13"."value" AS "value",
+    "t13"."timestamp" AS "timestamp",
+    "t13"."message_id" AS "message_id"
   FROM (
     SELECT
       "t6"."value" AS "value",
@@ -18,9 +18,9 @@ WITH "t16" AS (
         "t2"."timestamp" <= toDateTime64('2026-11-01 09:00:00.000000', 6, 'UTC')
         AND "t2"."key" IN ('city')
     ) AS "t6"
-  ) AS "t12"
+  ) AS "t13"
   LEFT OUTER JOIN "one_id_aliases" AS "t3"
-    ON "t12"."stored_key" = "t3"."alias_key"
+    ON "t13"."stored_key" = "t3"."alias_key"
 ), "t22" AS (
   SELECT
     *
@@ -106,7 +106,7 @@ FROM (
                       AND "t1"."timestamp" <= toDateTime64('2026-11-01 09:00:00.000000', 6, 'UTC')
                       AND "t1"."timestamp" >= toDateTime64('2026-08-03 09:00:00.000000', 6, 'UTC')
                   ) AS "t5"
-                ) AS "t8"
+                ) AS "t9"
                 UNION ALL
                 SELECT
                   *
@@ -122,14 +122,14 @@ FROM (
                       "t1"."event" = 'Order Completed'
                       AND "t1"."timestamp" <= toDateTime64('2026-11-01 09:00:00.000000', 6, 'UTC')
                   ) AS "t4"
-                ) AS "t7"
+                ) AS "t8"
               ) AS "t11"
               UNION ALL
               SELECT
                 *
               FROM (
                 SELECT
-                  "t10"."person_key" AS "stored_key",
+                  "t7"."person_key" AS "stored_key",
                   2 AS "row_set"
                 FROM (
                   SELECT
@@ -139,15 +139,9 @@ FROM (
                     "t1"."event" = 'Order Completed'
                     AND "t1"."timestamp" <= toDateTime64('2026-11-01 09:00:00.000000', 6, 'UTC')
                     AND "t1"."timestamp" >= toDateTime64('2026-10-25 09:00:00.000000', 6, 'UTC')
-                    AND COALESCE(
-                      has(
-                        arrayMap(__ibis_param_p__ -> CAST(__ibis_param_p__.4 AS Nullable(String)), "t1"."products"),
-                        'Shiseido'
-                      ),
-                      FALSE
-                    )
-                ) AS "t10"
-              ) AS "t13"
+                    AND COALESCE(has("t1"."product_brands", 'Shiseido'), FALSE)
+                ) AS "t7"
+              ) AS "t12"
             ) AS "t15"
             INNER JOIN (
               SELECT

@@ -1,9 +1,9 @@
 WITH "t16" AS (
   SELECT
-    COALESCE("t3"."person_key", "t12"."stored_key") AS "person",
-    "t12"."value",
-    "t12"."timestamp",
-    "t12"."message_id"
+    COALESCE("t3"."person_key", "t13"."stored_key") AS "person",
+    "t13"."value",
+    "t13"."timestamp",
+    "t13"."message_id"
   FROM (
     SELECT
       "t6"."value",
@@ -18,9 +18,9 @@ WITH "t16" AS (
         "t2"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
         AND "t2"."key" IN ('city')
     ) AS "t6"
-  ) AS "t12"
+  ) AS "t13"
   LEFT OUTER JOIN "one_id_aliases" AS "t3"
-    ON "t12"."stored_key" = "t3"."alias_key"
+    ON "t13"."stored_key" = "t3"."alias_key"
 ), "t22" AS (
   SELECT
     *
@@ -114,7 +114,7 @@ FROM (
                       AND "t1"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
                       AND "t1"."timestamp" >= CAST('2026-08-03 09:00:00.000000' AS TIMESTAMP)
                   ) AS "t5"
-                ) AS "t8"
+                ) AS "t9"
                 UNION ALL
                 SELECT
                   *
@@ -130,14 +130,14 @@ FROM (
                       "t1"."event" = 'Order Completed'
                       AND "t1"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
                   ) AS "t4"
-                ) AS "t7"
+                ) AS "t8"
               ) AS "t11"
               UNION ALL
               SELECT
                 *
               FROM (
                 SELECT
-                  "t10"."person_key" AS "stored_key",
+                  "t7"."person_key" AS "stored_key",
                   2 AS "row_set"
                 FROM (
                   SELECT
@@ -148,15 +148,11 @@ FROM (
                     AND "t1"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
                     AND "t1"."timestamp" >= CAST('2026-10-25 09:00:00.000000' AS TIMESTAMP)
                     AND COALESCE(
-                      CAST(ARRAY(SELECT
-                        (
-                          __ibis_param_p__
-                        )."brand"
-                      FROM UNNEST("t1"."products") AS __ibis_param_p__) AS VARCHAR[]) @> ARRAY[CAST('Shiseido' AS VARCHAR)],
+                      CAST("t1"."product_brands" AS VARCHAR[]) @> ARRAY[CAST('Shiseido' AS VARCHAR)],
                       FALSE
                     )
-                ) AS "t10"
-              ) AS "t13"
+                ) AS "t7"
+              ) AS "t12"
             ) AS "t15"
             INNER JOIN (
               SELECT
