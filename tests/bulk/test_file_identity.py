@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from tests.conftest import make_stores
 from zhiying.clock import ManualClock
 from zhiying.identity import service
-from zhiying.ingest import bulk
+from zhiying.ingest import pipeline
 from zhiying.ingest.bulk import import_file
 from zhiying.runtime import Stores
 from zhiying.store.tables import identifiers, identity_conflicts, merges, one_ids
@@ -154,22 +154,25 @@ def test_an_import_that_died_after_resolving_converges_when_run_again(
 ) -> None:
     src = _write(tmp_path / "events.jsonl", _stream(11))
     want_report, want = _reference(tmp_path, clock, src)
-    real = bulk.store_events
+    real = pipeline._append
     calls = [0]
 
-    def dies_on_the_third_batch(stores: Stores, events: Any, **kw: Any) -> Any:
+    def dies_appending_the_third_batch(stores: Stores, staged: Any) -> None:
+        # The fourth batch is staged (its operational transaction committed) while
+        # the third one's append runs: the failure is seen after that.
         calls[0] += 1
         if calls[0] == 3:
             raise OSError("disk full")
-        return real(stores, events, **kw)
+        real(stores, staged)
 
-    monkeypatch.setattr(bulk, "store_events", dies_on_the_third_batch)
+    monkeypatch.setattr(pipeline, "_append", dies_appending_the_third_batch)
     with pytest.raises(OSError, match="disk full"):
         import_file(ops_stores, src, store_batch=20)
     count = "SELECT count(*) AS n FROM events"
     stored = int(ops_stores.warehouse.query(count).column(0)[0].as_py())
     assert 0 < stored < want_report.inserted
-    monkeypatch.setattr(bulk, "store_events", real)
+    assert calls[0] == 3  # no batch was appended after the failure
+    monkeypatch.setattr(pipeline, "_append", real)
     report = import_file(ops_stores, src, store_batch=20)
     assert report.merges == 0  # the first run committed every merge
     assert report.inserted == want_report.inserted - stored

@@ -57,7 +57,12 @@ from zhiying.ingest.bulk_sql import (
 )
 from zhiying.ingest.mapping import FileFormat, ImportKind, Mapping, guess_format
 from zhiying.ingest.person_keys import key_resolution, person_keys
-from zhiying.ingest.pipeline import identity_cache, store_events
+from zhiying.ingest.pipeline import (
+    StoreResult,
+    identity_cache,
+    store_event_batches,
+    store_events,
+)
 from zhiying.runtime import Stores
 from zhiying.warehouse.events import EVENT_WRITER, unseen_rows
 from zhiying.warehouse.schema import EVENTS
@@ -190,11 +195,13 @@ def import_file(
         if not identity_per_batch:
             identity = resolve_import(stores, spill.identity())
         merges, conflicts = identity.merges, identity.conflicts
-        at = 0
-        for batch in spill.batches(store_batch):
-            given = None if identity_per_batch else identity.one_ids.slice(at, batch.num_rows)
-            at += batch.num_rows
-            result = store_events(stores, batch, one_ids=given)
+        results: Iterator[StoreResult]
+        if identity_per_batch:
+            results = (store_events(stores, batch) for batch in spill.batches(store_batch))
+        else:
+            # Each batch's DuckDB append overlaps the next batch's dedup and keys.
+            results = store_event_batches(stores, _with_one_ids(spill, store_batch, identity))
+        for result in results:
             inserted += result.inserted
             duplicates += result.duplicates
             merges += result.merges
@@ -216,6 +223,16 @@ def import_file(
         rejects_path=rejects.path if rejects.count else None,
         first_rejections=tuple(rejects.first),
     )
+
+
+def _with_one_ids(
+    spill: _Spill, size: int, identity: ImportIdentity
+) -> Iterator[tuple[pa.Table, pa.Array | None]]:
+    """The spilled rows in batches of ``size``, each with its slice of the ONE_IDs."""
+    at = 0
+    for batch in spill.batches(size):
+        yield batch, identity.one_ids.slice(at, batch.num_rows)
+        at += batch.num_rows
 
 
 IDENTITY_COLUMNS: Final = (

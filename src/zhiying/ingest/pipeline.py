@@ -44,11 +44,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from zhiying.identity.cache import IdentityCache
 from zhiying.identity.service import resolve_events
@@ -109,53 +112,113 @@ def store_events(
     resolved and committed itself: rows where it is not null skip resolution
     (``resolve_events(..., resolved=...)``).
     """
+    with EVENT_WRITER:
+        staged = _stage(stores, events, one_ids, in_flight=None)
+        if staged.fresh is not None:
+            _append(stores, staged)
+    return staged.result
+
+
+def store_event_batches(
+    stores: Stores, batches: Iterable[tuple[pa.Table, pa.Array | None]]
+) -> Iterator[StoreResult]:
+    """``store_events`` of each ``(events, one_ids)`` in turn, one result per batch, with
+    each batch's warehouse append running while the next batch is deduplicated and
+    resolved (bulk import's second pass).
+
+    The append (DuckDB releases the GIL) and the next batch's Python, pyarrow and
+    SQLite work then use both cores instead of taking turns. Each batch still
+    commits its operational transaction before its events are appended, and a
+    batch is deduplicated against the one being appended as well as the stored
+    ones, so the rows stored are those of consecutive ``store_events`` calls.
+    The writer lock is held until the last append returned. A failed append is
+    raised when the next batch has been staged (its operational transaction may
+    have committed: resolution is idempotent, so running the import again
+    converges, as after any crash between the steps).
+    """
+    with EVENT_WRITER, ThreadPoolExecutor(1, thread_name_prefix="zhiying-append") as pool:
+        pending: tuple[Future[None], StoreResult] | None = None
+        in_flight: pa.Array | None = None
+        for events, one_ids in batches:
+            staged = _stage(stores, events, one_ids, in_flight=in_flight)
+            if pending is not None:
+                pending[0].result()
+                yield pending[1]
+                pending = None
+            if staged.fresh is None:
+                in_flight = None
+                yield staged.result
+                continue
+            in_flight = staged.fresh.column("message_id").combine_chunks()
+            pending = (pool.submit(_append, stores, staged), staged.result)
+        if pending is not None:
+            pending[0].result()
+            yield pending[1]
+
+
+@dataclass
+class _Staged:
+    """A batch deduplicated and resolved (operational transaction committed), not
+    yet in the warehouse: ``fresh`` (None when nothing is new) and its
+    ``trait_updates`` rows, appended by :func:`_append`."""
+
+    result: StoreResult
+    fresh: pa.Table | None = None
+    updates: pa.Table | None = None
+    dedup_since: datetime | None = None
+
+
+def _stage(
+    stores: Stores, events: pa.Table, one_ids: pa.Array | None, in_flight: pa.Array | None
+) -> _Staged:
+    """Steps 1 and 2 of the module docstring; the caller holds ``EVENT_WRITER``.
+
+    ``in_flight``: message ids of a batch whose append has not returned yet,
+    dropped as repeats like the stored ones."""
     total = events.num_rows
     stored = np.zeros(total, dtype=bool)
     if total == 0:
-        return StoreResult(0, 0, 0, 0, stored)
+        return _Staged(StoreResult(0, 0, 0, 0, stored))
     events = events.select(EVENTS.names).cast(EVENTS)
     warehouse = stores.warehouse
     timings: dict[str, float] = {}
-    with EVENT_WRITER:
-        t0 = time.perf_counter()
-        now = stores.clock.now()
-        dedup_since = now - timedelta(days=stores.settings.dedup_window_days)
+    t0 = time.perf_counter()
+    now = stores.clock.now()
+    dedup_since = now - timedelta(days=stores.settings.dedup_window_days)
 
-        with STORED_IDS:
-            fresh, rows = unseen_rows(warehouse, events, dedup_since)
-        stored[rows] = True
-        t1 = time.perf_counter()
-        timings["dedup"] = t1 - t0
-        if fresh.num_rows == 0:
-            return StoreResult(0, total, 0, 0, stored, timings)
+    with STORED_IDS:
+        fresh, rows = unseen_rows(warehouse, events, dedup_since)
+    if in_flight is not None and len(rows):
+        ids = fresh.column("message_id").combine_chunks()
+        new = pc.invert(pc.is_in(ids, value_set=in_flight))
+        if new.false_count:
+            fresh, rows = fresh.filter(new), rows[new.to_numpy(zero_copy_only=False)]
+    stored[rows] = True
+    t1 = time.perf_counter()
+    timings["dedup"] = t1 - t0
+    if fresh.num_rows == 0:
+        return _Staged(StoreResult(0, total, 0, 0, stored, timings))
 
-        cache = identity_cache(stores.engine)
-        keys = person_keys(stores.engine)
-        # Two numbers per row: a row mints at most one ONE_ID and names at most one owner.
-        keys.reserve(stores.engine, 2 * fresh.num_rows)
-        with stores.engine.begin() as conn:
-            resolution = resolve_events(
-                conn, fresh, now, cache, resolved=None if one_ids is None else one_ids.take(rows)
-            )
-            fresh = fresh.set_column(_ONE_ID, EVENTS.field("one_id"), resolution.one_ids)
-            assigned = key_resolution(conn, keys, warehouse, resolution.one_ids, resolution.aliases)
-            fresh = fresh.set_column(_PERSON_KEY, EVENTS.field("person_key"), assigned.keys)
-            t2 = time.perf_counter()
-            updates = trait_updates(fresh)
-            upsert_traits(conn, updates)
-            t3 = time.perf_counter()
-        cache.apply(resolution.generation, resolution.cache_entries)
-        keys.remember(assigned.learned)
-        timings["identity"] = t2 - t1
-        timings["traits"] = t3 - t2
-
-        if updates.num_rows:
-            warehouse.insert("trait_updates", updates)
-        warehouse.insert("events", fresh)
-        with STORED_IDS:
-            remember_stored(warehouse, fresh, dedup_since)
-        timings["warehouse"] = time.perf_counter() - t3
-    return StoreResult(
+    cache = identity_cache(stores.engine)
+    keys = person_keys(stores.engine)
+    # Two numbers per row: a row mints at most one ONE_ID and names at most one owner.
+    keys.reserve(stores.engine, 2 * fresh.num_rows)
+    with stores.engine.begin() as conn:
+        resolution = resolve_events(
+            conn, fresh, now, cache, resolved=None if one_ids is None else one_ids.take(rows)
+        )
+        fresh = fresh.set_column(_ONE_ID, EVENTS.field("one_id"), resolution.one_ids)
+        assigned = key_resolution(conn, keys, warehouse, resolution.one_ids, resolution.aliases)
+        fresh = fresh.set_column(_PERSON_KEY, EVENTS.field("person_key"), assigned.keys)
+        t2 = time.perf_counter()
+        updates = trait_updates(fresh)
+        upsert_traits(conn, updates)
+        t3 = time.perf_counter()
+    cache.apply(resolution.generation, resolution.cache_entries)
+    keys.remember(assigned.learned)
+    timings["identity"] = t2 - t1
+    timings["traits"] = t3 - t2
+    result = StoreResult(
         inserted=fresh.num_rows,
         duplicates=total - fresh.num_rows,
         merges=resolution.merges,
@@ -163,3 +226,18 @@ def store_events(
         stored=stored,
         timings=timings,
     )
+    return _Staged(result, fresh, updates, dedup_since)
+
+
+def _append(stores: Stores, staged: _Staged) -> None:
+    """Step 3: ``trait_updates``, then the events last."""
+    assert staged.fresh is not None and staged.updates is not None
+    assert staged.dedup_since is not None
+    started = time.perf_counter()
+    warehouse = stores.warehouse
+    if staged.updates.num_rows:
+        warehouse.insert("trait_updates", staged.updates)
+    warehouse.insert("events", staged.fresh)
+    with STORED_IDS:
+        remember_stored(warehouse, staged.fresh, staged.dedup_since)
+    staged.result.timings["warehouse"] = time.perf_counter() - started
