@@ -12,7 +12,9 @@ from rich.table import Table
 
 from zhiying.cli.common import console, stores_for_cli
 from zhiying.ingest.bulk import DEFAULT_CHUNK_SIZE, ImportReport, Progress, import_file
+from zhiying.ingest.dead_letters import dead_letter_files, restore_dead_letters
 from zhiying.ingest.mapping import FileFormat, ImportKind, Mapping, load_mapping
+from zhiying.ingest.writer import spool_directory
 
 app = typer.Typer(
     help="Bulk import from CSV, whitespace-separated text, Parquet or JSONL files.",
@@ -148,3 +150,39 @@ def orders(
 ) -> None:
     """Orders: `Order Completed` events; line items grouped by order id."""
     _run("orders", file, fmt, mapping, rejects, chunk_size)
+
+
+@app.command("dead-letters")
+def dead_letters(
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="Dead-letter files (.arrows); default: every file in the spool's dead/.",
+        ),
+    ] = None,
+) -> None:
+    """Events the server set aside because a store kept refusing them (docs/ingestion.md,
+    "Poison rows"): store them again once the cause is fixed. Stop the server first
+    (it holds the warehouse); rows stored since are skipped by messageId."""
+    with stores_for_cli() as stores:
+        if not files:
+            spool = spool_directory(stores)
+            files = [] if spool is None else dead_letter_files(spool / "dead")
+        if not files:
+            console.print("no dead-letter files")
+            return
+        results = restore_dead_letters(stores, files)
+    table = Table(title="dead letters")
+    for column in ("file", "rows", "stored", "duplicates", "result"):
+        table.add_column(column)
+    for r in results:
+        outcome = "[red]refused[/red]" if r.error_class else "stored/"
+        table.add_row(r.path.name, f"{r.rows:,}", f"{r.inserted:,}", f"{r.duplicates:,}", outcome)
+    console.print(table)
+    for r in results:
+        if r.error_class:
+            console.print(f"[red]refused again[/red] ({r.error_class}), kept: {r.path.name}")
+    if any(r.error_class for r in results):
+        raise typer.Exit(1)
