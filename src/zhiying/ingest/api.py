@@ -494,3 +494,39 @@ async def flush(
         orjson.dumps({"stored": True, "backlog": backlog, "dead_letters": dead}),
         media_type="application/json",
     )
+
+
+class IngestStatus(BaseModel):
+    mode: Literal["spool", "direct", "inline"] = Field(
+        description="spool: answers once events are in the spool, a loader stores them; "
+        "direct: answers after storing; inline: no writer (an app without its lifespan)."
+    )
+    backlog: int = Field(description="Events answered (spooled) and not stored yet.")
+    stored_by_loader: int = Field(description="Events the loader stored since the start.")
+    failed_loads: int = Field(description="Failed store attempts of the loader since the start.")
+    dead_letters: int = Field(
+        description="Events set aside since the start (`zhiying import dead-letters`)."
+    )
+
+
+@admin_router.get(
+    "/status",
+    summary="How ingestion is doing: mode, backlog, failures, dead letters",
+    response_model=IngestStatus,
+)
+def status(request: Request, _key: AdminKey) -> IngestStatus:
+    """What an operator watches: a growing backlog or failure count means the
+    stores are slow or down (requests get 503 past the backlog limit)."""
+    writer = _writer(request)
+    if writer is None:
+        return IngestStatus(
+            mode="inline", backlog=0, stored_by_loader=0, failed_loads=0, dead_letters=0
+        )
+    loader = writer.loader
+    return IngestStatus(
+        mode="spool" if loader is not None else "direct",
+        backlog=writer.backlog_rows,
+        stored_by_loader=0 if loader is None else loader.inserted,
+        failed_loads=0 if loader is None else loader.failures,
+        dead_letters=writer.dead_letters,
+    )
