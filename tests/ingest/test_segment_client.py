@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,15 +11,10 @@ import httpx
 import pytest
 from segment.analytics.client import Client
 
+from tests.ingest.server import free_port, serve
 from zhiying.config import Settings
 from zhiying.keys.service import create_key
 from zhiying.runtime import open_stores
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -37,26 +27,9 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     admin_key = create_key(stores.engine, "admin", now, "test")
     stores.close()
 
-    port = _free_port()
-    env = {**os.environ, "ZHIYING_DATA_DIR": str(data_dir)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "zhiying.cli.main", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    port = free_port()
+    process = serve(data_dir, port)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"server did not start: {process.stderr.read()!r}")  # type: ignore[union-attr]
-        time.sleep(0.2)
     try:
         yield {"url": url, "write_key": write_key, "admin_key": admin_key}
     finally:

@@ -3,47 +3,17 @@ after answering stores every answered event when it starts again, once."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tests.ingest.server import free_port, serve
 from zhiying.config import Settings
 from zhiying.keys.service import create_key
 from zhiying.runtime import open_stores
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "zhiying.cli.main", "serve", "--port", str(port)],
-        env={**os.environ, "ZHIYING_DATA_DIR": str(data_dir), "ZHIYING_INGEST_SPOOL": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"server did not start: {process.stderr.read()!r}")  # type: ignore[union-attr]
-        time.sleep(0.2)
 
 
 def _batch(n: int) -> dict[str, Any]:
@@ -69,10 +39,10 @@ def test_a_killed_server_stores_every_answered_event_when_it_starts_again(
     write = (create_key(stores.engine, "write", now, "app"), "")
     admin = {"Authorization": f"Bearer {create_key(stores.engine, 'admin', now, 'ops')}"}
     stores.close()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
 
-    first = _serve(data_dir, port)
+    first = serve(data_dir, port, ZHIYING_INGEST_SPOOL="1")
     try:
         answered = 0
         for n in range(8):
@@ -86,7 +56,7 @@ def test_a_killed_server_stores_every_answered_event_when_it_starts_again(
         first.wait(30)
     assert answered == 1600
 
-    second = _serve(data_dir, port)  # stores the spool before serving
+    second = serve(data_dir, port, ZHIYING_INGEST_SPOOL="1")  # stores the spool before serving
     try:
         flushed = httpx.post(f"{url}/api/ingest/flush", headers=admin, timeout=60)
         assert flushed.status_code == 200, flushed.text
