@@ -12,8 +12,9 @@ from rich.table import Table
 
 from zhiying.cli.common import console, stores_for_cli
 from zhiying.ingest.bulk import DEFAULT_CHUNK_SIZE, ImportReport, Progress, import_file
-from zhiying.ingest.dead_letters import dead_letter_files, restore_dead_letters
+from zhiying.ingest.dead_letters import restore_dead_letters
 from zhiying.ingest.mapping import FileFormat, ImportKind, Mapping, load_mapping
+from zhiying.ingest.spool import dead_letter_files
 from zhiying.ingest.writer import spool_directory
 
 app = typer.Typer(
@@ -169,7 +170,7 @@ def dead_letters(
     with stores_for_cli() as stores:
         if not files:
             spool = spool_directory(stores)
-            files = [] if spool is None else dead_letter_files(spool / "dead")
+            files = [] if spool is None else dead_letter_files(spool)
         if not files:
             console.print("no dead-letter files")
             return

@@ -35,11 +35,6 @@ class Restored:
     """Set when the stores refused the file's rows again (the file stays)."""
 
 
-def dead_letter_files(dead_dir: Path) -> list[Path]:
-    """The files waiting in ``dead_dir``, oldest first (names start with their UTC time)."""
-    return sorted(dead_dir.glob("*.arrows"))
-
-
 def restore_dead_letters(stores: Stores, paths: Iterable[Path]) -> list[Restored]:
     """Store the rows of each file in ``paths`` with ``store_events``, one call per file."""
     out: list[Restored] = []

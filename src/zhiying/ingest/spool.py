@@ -68,6 +68,12 @@ def read_dead_letters(path: Path) -> pa.Table:
     return table.select(EVENTS.names).cast(EVENTS)
 
 
+def dead_letter_files(spool_dir: Path) -> list[Path]:
+    """The dead-letter files of the spool in ``spool_dir``, oldest first (their names
+    start with their UTC time); none when it has no ``dead/`` directory."""
+    return sorted((spool_dir / "dead").glob("*.arrows"))
+
+
 def _sync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -179,7 +185,7 @@ class Spool:
 
     def dead_letter_files(self) -> list[Path]:
         """Dead-letter files, oldest first."""
-        return sorted((self.directory / "dead").glob("*.arrows"))
+        return dead_letter_files(self.directory)
 
     def release(self, below: int) -> None:
         """Delete the segments numbered below ``below``, except the one being
