@@ -22,6 +22,7 @@ from zhiying.profiles.tags.models import DynamicTag, EventSelector
 from zhiying.runtime import Stores
 from zhiying.segments import service as segments
 from zhiying.segments.models import SegmentCreate, parse_rule
+from zhiying.warehouse.compaction import Layout, layout
 from zhiying.worker import leases
 from zhiying.worker.jobs import Job
 from zhiying.worker.loop import Worker, WorkerThread
@@ -81,7 +82,12 @@ def test_tick_materialises_due_segments_and_respects_both_intervals(
     sid = _hourly_segment(seeded)
     worker = Worker(seeded)
     first = {r.job: r for r in worker.tick()}
-    assert set(first) == {"coupons.sweep", "tags.refresh", "segments.materialise"}
+    assert set(first) == {
+        "coupons.sweep",
+        "tags.refresh",
+        "segments.materialise",
+        "events.compact",
+    }
     assert all(r.status == "done" for r in first.values())
     assert first["segments.materialise"].summary == "1 snapshots"
     assert worker.tick() == []  # nothing has been a minute yet
@@ -91,6 +97,26 @@ def test_tick_materialises_due_segments_and_respects_both_intervals(
     clock.advance(timedelta(minutes=58))
     assert {r.job: r for r in worker.tick()}["segments.materialise"].summary == "1 snapshots"
     assert _snapshots(seeded, sid) == 2
+
+
+def test_tick_compacts_the_events_at_once_then_daily_for_a_small_tail(
+    seeded: Stores, clock: ManualClock
+) -> None:
+    stored = layout(seeded.warehouse)
+    assert stored is not None and stored.tail_rows == stored.table_rows > 0
+    worker = Worker(seeded)
+    first = {r.job: r for r in worker.tick()}["events.compact"]
+    assert first.summary.startswith(f"sorted {stored.table_rows} of {stored.table_rows} events")
+    insert_events(seeded.warehouse, [event("u9", clock.now().replace(tzinfo=None))])
+    clock.advance(timedelta(minutes=10))
+    later = {r.job: r for r in worker.tick()}["events.compact"]
+    assert later.summary == "1 events wait for compaction"
+    clock.advance(timedelta(days=1))
+    daily = {r.job: r for r in worker.tick()}["events.compact"]
+    assert daily.summary.startswith(f"sorted 1 of {stored.table_rows + 1} events")
+    assert layout(seeded.warehouse) == Layout(
+        0, stored.table_rows + 1, clock.now().replace(tzinfo=None)
+    )
 
 
 def test_tick_refreshes_due_tags(stores: Stores, clock: ManualClock) -> None:
@@ -167,6 +193,6 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def test_worker_once_runs_every_job_and_prints_them(data_dir: Path) -> None:
     result = CliRunner().invoke(app, ["worker", "--once"])
     assert result.exit_code == 0, result.output
-    for job in ("coupons.sweep", "tags.refresh", "segments.materialise"):
+    for job in ("coupons.sweep", "tags.refresh", "segments.materialise", "events.compact"):
         assert job in result.output
     assert "failed" not in result.output

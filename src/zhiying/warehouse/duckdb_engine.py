@@ -18,6 +18,8 @@ replay after a crash (measured: 157 MB replayed in 1.6 s when opening).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,27 @@ class DuckDBWarehouse:
         except duckdb.Error as exc:
             raise WarehouseError(str(exc), sql) from exc
         return int(row[0]) if row else 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor inside one transaction, holding this process's write lock: committed
+        when the block ends, rolled back if it raises (DuckDB errors become
+        ``WarehouseError``). For maintenance that must check what it wrote before
+        committing (``warehouse.compaction``)."""
+        with self._write_lock:
+            cursor = self._con.cursor()
+            try:
+                cursor.execute("BEGIN TRANSACTION")
+                try:
+                    yield cursor
+                except BaseException:
+                    cursor.execute("ROLLBACK")
+                    raise
+                cursor.execute("COMMIT")
+            except duckdb.Error as exc:
+                raise WarehouseError(str(exc)) from exc
+            finally:
+                cursor.close()
 
     def close(self) -> None:
         self._con.close()

@@ -145,6 +145,18 @@ SEGMENT_MEMBERS = pa.schema(
     ]
 )
 
+# One row per compaction of the DuckDB event table (``warehouse.compaction``): rows
+# up to ``through_rowid`` are clustered, the rows appended after it are the tail
+# the next compaction sorts. Unused on ClickHouse, whose MergeTree sorts parts itself.
+EVENT_COMPACTIONS = pa.schema(
+    [
+        pa.field("compacted_at", TS, nullable=False),
+        pa.field("through_rowid", pa.int64(), nullable=False),
+        pa.field("rows", pa.int64(), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),
+    ]
+)
+
 
 @dataclass(frozen=True)
 class DerivedColumn:
@@ -243,6 +255,7 @@ TABLES: dict[str, tuple[pa.Schema, tuple[str, ...]]] = {
     "tag_history": (TAG_VALUES, ("tag", "one_id")),
     "layer_values": (LAYER_VALUES, ("layer", "as_of", "one_id")),
     "segment_members": (SEGMENT_MEMBERS, ("segment_id", "snapshot_at", "one_id")),
+    "event_compactions": (EVENT_COMPACTIONS, ("compacted_at",)),
 }
 
 

@@ -57,10 +57,26 @@ def sweep_coupons(stores: Stores) -> str:
     )
 
 
+def compact_events(stores: Stores) -> str:
+    from zhiying.warehouse.compaction import compact_events, layout
+
+    now = stores.clock.now()
+    current = layout(stores.warehouse)
+    if current is None:
+        return "the warehouse sorts events itself"
+    if not current.due(now):
+        return f"{current.tail_rows} events wait for compaction"
+    done = compact_events(stores.warehouse, now)
+    if done is None:
+        return "nothing to compact"
+    return f"sorted {done.rows} of {done.table_rows} events in {done.seconds:.1f} s"
+
+
 def default_jobs() -> list[Job]:
     """Every job a Zhiying worker runs, in the order of one tick."""
     return [
         Job("coupons.sweep", sweep_coupons),
         Job("tags.refresh", refresh_tags),
         Job("segments.materialise", materialise_segments),
+        Job("events.compact", compact_events, every=timedelta(minutes=10)),
     ]
