@@ -1,7 +1,7 @@
 """Five typical segments on 1M users / 20M events: compiled rule vs hand-written SQL vs pandas.
 
     .venv/bin/python -m bench.segments [--users 1000000] [--events 20000000] [--no-pandas]
-        [--no-chdb] [--dir PATH] [--threads N]
+        [--no-chdb] [--dir PATH] [--threads N] [--layout compacted|arrival] [--sets]
 
 ``--threads 1`` runs every DuckDB query (ours, planned, hand) on one thread: on a
 shared machine the CPU seconds are then comparable across runs and sides.
@@ -16,6 +16,16 @@ stored under an anonymous ONE_ID that was merged into the user
 Rows carry integer ``person_key``s as ingestion writes them (``person_keys`` is
 the dictionary); the default ``--dir`` is new with them, so data generated
 before (text ONE_IDs only) stays where it was.
+
+``--layout compacted`` (the default) runs on a copy of that file compacted as
+the worker compacts the product's warehouse (``warehouse.compaction``: rows
+sorted by type, event and time, so scans skip other events' row groups);
+``--layout arrival`` on the file in arrival order, as before compaction existed.
+
+Each side returns its members as it naturally holds them (an Arrow table from
+DuckDB and chdb, as ``segments.service.members`` does; a NumPy array or a set
+from pandas) and the member sets are compared outside the timing; ``--sets``
+times building a Python set of ONE_IDs on every side too, as sessions 1-5 did.
 
 Per segment, in one process:
 
@@ -46,6 +56,7 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -53,7 +64,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import duckdb
 import numpy as np
@@ -68,6 +79,7 @@ from zhiying.segments.compiler import compile_rule
 from zhiying.segments.models import Rule, parse_rule, parse_rule_document
 from zhiying.segments.plans import Plans
 from zhiying.warehouse import Warehouse, open_warehouse
+from zhiying.warehouse.compaction import compact_events
 from zhiying.warehouse.schema import DERIVED, EVENTS
 
 AT = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -360,6 +372,25 @@ def warehouse_for(path: Path, users: int, events: int) -> None:
     print(f"generated {users:,} users / {events:,} events in {time.perf_counter() - started:.1f} s")
 
 
+def compacted_copy(arrival: Path, users: int, events: int) -> Path:
+    """A copy of the arrival-order file, compacted by ``warehouse.compaction`` (cached)."""
+    path = arrival.parent / "warehouse-compacted.duckdb"
+    marker = arrival.parent / f"compacted-{users}-{events}"
+    if marker.exists() and path.exists():
+        return path
+    shutil.copyfile(arrival, path)
+    wh = open_warehouse(f"duckdb://{path}")
+    try:
+        done = compact_events(wh, AT)
+        wh.execute("CHECKPOINT")
+    finally:
+        wh.close()
+    marker.touch()
+    if done is not None:
+        print(f"compacted {done.rows:,} events in {done.seconds:.1f} s")
+    return path
+
+
 def chdb_for(duck: Path, where: Path) -> Warehouse:
     ch = open_warehouse(f"chdb://{where}")
     if int(ch.query("SELECT count() AS n FROM events").column(0)[0].as_py()) > 0:
@@ -409,8 +440,8 @@ def pandas_frames(path: Path) -> dict[str, pd.DataFrame]:
 
 
 def pandas_queries(
-    f: dict[str, pd.DataFrame], by_time: bool = False
-) -> list[Callable[[], set[str]]]:
+    f: dict[str, pd.DataFrame], by_time: bool = False, as_sets: bool = False
+) -> list[Callable[[], Members]]:
     """The five segments in idiomatic pandas: categorical ids, groupby on integer codes.
 
     ``by_time``: the events frame is sorted by timestamp (sorting not timed) and a
@@ -446,8 +477,10 @@ def pandas_queries(
         codes, names = people(ev["one_id"])
         return ev.assign(p=codes), names
 
-    def ids(codes: Any, names: np.ndarray) -> set[str]:
-        return set(names[np.asarray(list(codes), dtype=np.int64)].tolist()) if len(codes) else set()
+    def ids(codes: Any, names: np.ndarray) -> Any:
+        """The ONE_IDs of person codes: an array, or a set as sessions 1-5 built."""
+        found = names[np.asarray(list(codes), dtype=np.int64)] if len(codes) else names[:0]
+        return set(found.tolist()) if as_sets else found
 
     def city() -> dict[str, str]:
         tr = f["traits"]
@@ -456,7 +489,7 @@ def pandas_queries(
         last = tr.assign(p=codes).sort_values("timestamp").groupby("p")["value"].last()
         return dict(zip(names[last.index.to_numpy()], last.astype(str), strict=True))
 
-    def seed() -> set[str]:
+    def seed() -> Members:
         ev, names = resolved(["Application Opened", "Order Completed"])
         opens = ev[
             (ev["event"] == "Application Opened") & (ev["timestamp"] >= at - pd.Timedelta(days=90))
@@ -472,27 +505,27 @@ def pandas_queries(
         c = city()
         return {i for i in ids(keep, names) if c.get(i) == "Beijing"}
 
-    def spend() -> set[str]:
+    def spend() -> Members:
         ev, names = resolved(["Order Completed"], at - pd.Timedelta(days=90))
         ev = ev[ev["timestamp"] >= at - pd.Timedelta(days=90)]
         s = ev.groupby("p")["revenue"].sum()
         return ids(s[s >= 1000].index, names)
 
-    def lapsed() -> set[str]:
+    def lapsed() -> Members:
         ev, names = resolved(["Order Completed"])
         last = ev.groupby("p")["timestamp"].max()
         c = city()
         old = ids(last[last < at - pd.Timedelta(days=60)].index, names)
         return {i for i in old if c.get(i) in ("Shanghai", "Beijing")}
 
-    def browsers() -> set[str]:
+    def browsers() -> Members:
         ev, names = resolved(["Product Viewed", "Order Completed"], at - pd.Timedelta(days=7))
         ev = ev[ev["timestamp"] >= at - pd.Timedelta(days=7)]
         views = ev[ev["event"] == "Product Viewed"].groupby("p").size()
         ordered = set(ev.loc[ev["event"] == "Order Completed", "p"].unique())
         return ids(set(views[views >= 2].index) - ordered, names)
 
-    def fans() -> set[str]:
+    def fans() -> Members:
         ev, names = resolved(["Order Completed"])
         shiseido = f["products"].loc[f["products"]["brand"] == "Shiseido", "row"].unique()
         n = ev[ev.index.isin(shiseido)].groupby("p").size()
@@ -502,6 +535,27 @@ def pandas_queries(
 
 
 # --- timing -------------------------------------------------------------------------
+
+Members: TypeAlias = pa.Table | np.ndarray | set[str]
+"""A side's members as it holds them: DuckDB/chdb an Arrow table with ``one_id``,
+pandas an array or a set of ONE_IDs."""
+
+
+def _as_is(members: pa.Table) -> Members:
+    return members
+
+
+def _as_set(members: pa.Table) -> Members:
+    return set(members.column("one_id").to_pylist())
+
+
+def member_set(members: Members) -> set[str]:
+    """The ONE_IDs of ``members``, for comparing sides (never timed)."""
+    if isinstance(members, pa.Table):
+        return set(members.column("one_id").to_pylist())
+    if isinstance(members, np.ndarray):
+        return set(members.tolist())
+    return members
 
 
 @dataclass
@@ -542,22 +596,29 @@ def main() -> None:
         "--dir", type=Path, default=Path(tempfile.gettempdir()) / "zhiying-bench-segments-pk"
     )
     parser.add_argument("--threads", type=int, default=0, help="DuckDB threads (0: its default)")
+    parser.add_argument("--layout", choices=("compacted", "arrival"), default="compacted")
+    parser.add_argument("--sets", action="store_true", help="time building Python member sets")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     duck_path = args.dir / "warehouse.duckdb"
     warehouse_for(duck_path, args.users, args.events)
+    if args.layout == "compacted":
+        duck_path = compacted_copy(duck_path, args.users, args.events)
+    out = _as_set if args.sets else _as_is
 
     con = duckdb.connect(str(duck_path), read_only=True)
     if args.threads:
         con.execute(f"SET threads = {args.threads}")
     cases = segments()
     frames = pandas_frames(duck_path) if not args.no_pandas else None
-    pandas_fns = pandas_queries(frames) if frames is not None else None
+    pandas_fns = pandas_queries(frames, as_sets=args.sets) if frames is not None else None
     ch = None
     if not args.no_chdb:
-        ch = chdb_for(duck_path, args.dir / f"chdb-{args.users}-{args.events}")
+        ch = chdb_for(duck_path, args.dir / f"chdb-{args.users}-{args.events}-by-event")
 
-    pandas_sorted = pandas_queries(frames, by_time=True) if frames is not None else None
+    pandas_sorted = (
+        pandas_queries(frames, by_time=True, as_sets=args.sets) if frames is not None else None
+    )
     # Objects loaded so far (pandas frames, ibis, the chdb copy) are never garbage: keep the
     # cyclic collector's full passes off them, as `zhiying serve` does at start
     # (`gc.freeze()` in the ingest writer). Without it a full pass over them (≈ 0.1 s)
@@ -566,6 +627,7 @@ def main() -> None:
     gc.freeze()
 
     print(f"\n{args.users:,} users, {args.events:,} events; best of 3 runs, seconds")
+    print(f"layout: {args.layout}; members {'as Python sets' if args.sets else 'as returned'}")
     print(f"load average before: {load_average()}")
     print("wall (cpu) seconds; pandas-t: events frame sorted by time, windows by searchsorted")
     header = f"{'segment':45} {'members':>9} {'zhiying':>14} {'hand SQL':>14} {'ratio':>6}"
@@ -576,12 +638,12 @@ def main() -> None:
     planned_ratios: list[float] = []
     for i, (name, rule, hand_sql) in enumerate(cases):
 
-        def ours(rule: Rule = rule) -> set[str]:
+        def ours(rule: Rule = rule) -> Members:
             sql = compile_rule(rule, AT).sql("duckdb", pretty=False)
-            return set(con.sql(sql).to_arrow_table().column("one_id").to_pylist())
+            return out(con.sql(sql).to_arrow_table())
 
-        def hand(sql: str = hand_sql) -> set[str]:
-            return set(con.sql(sql).to_arrow_table().column("one_id").to_pylist())
+        def hand(sql: str = hand_sql) -> Members:
+            return out(con.sql(sql).to_arrow_table())
 
         # "planned": the same rule as the product runs it again (the scheduler, a repeated
         # count): earlier runs an hour and two hours before left a plan (untimed), so this
@@ -590,20 +652,17 @@ def main() -> None:
         for hours in (2, 1):
             plans.compiled(rule, AT - timedelta(hours=hours)).sql("duckdb", pretty=False)
 
-        def planned(rule: Rule = rule, plans: Plans = plans) -> set[str]:
+        def planned(rule: Rule = rule, plans: Plans = plans) -> Members:
             sql = plans.compiled(rule, AT).sql("duckdb", pretty=False)
-            return set(con.sql(sql).to_arrow_table().column("one_id").to_pylist())
+            return out(con.sql(sql).to_arrow_table())
 
         # Interleaved (ours, hand, ours, hand, …) so that load from other work on the
         # machine falls on both alike; best of 3 each.
         t_ours, t_hand, t_plan = Timing(), Timing(), Timing()
-        got: set[str] = set()
-        expected: set[str] = set()
-        again: set[str] = set()
+        results: tuple[Members, ...] = ()
         for _ in range(3):
-            got = t_ours.run(ours)
-            expected = t_hand.run(hand)
-            again = t_plan.run(planned)
+            results = (t_ours.run(ours), t_hand.run(hand), t_plan.run(planned))
+        got, expected, again = (member_set(r) for r in results)
         assert got == expected == again, f"{name}: {len(got)} != {len(expected)}"
         assert plans.compiles == 2, "the planned runs compiled"
         ratio = t_ours.wall / t_hand.wall
@@ -617,16 +676,18 @@ def main() -> None:
         for fns in (pandas_fns, pandas_sorted):
             if fns is not None:
                 t_pd, pd_members = best(fns[i], runs=1)
-                assert pd_members == got, f"pandas {name}: {len(pd_members)} != {len(got)}"
+                pd_set = member_set(pd_members)
+                assert pd_set == got, f"pandas {name}: {len(pd_set)} != {len(got)}"
                 line += f" {t_pd.wall:>7.2f} {t_pd.wall / t_ours.wall:>7.1f}x"
         if ch is not None:
 
-            def on_chdb(rule: Rule = rule, wh: Warehouse = ch) -> set[str]:
+            def on_chdb(rule: Rule = rule, wh: Warehouse = ch) -> Members:
                 sql = compile_rule(rule, AT).sql("clickhouse", pretty=False)
-                return set(wh.query(sql).column("one_id").to_pylist())
+                return out(wh.query(sql))
 
             t_ch, ch_members = best(on_chdb)
-            assert ch_members == got, f"chdb {name}: {len(ch_members)} != {len(got)}"
+            ch_set = member_set(ch_members)
+            assert ch_set == got, f"chdb {name}: {len(ch_set)} != {len(got)}"
             line += f" {t_ch.wall:>7.3f}"
         print(line, flush=True)
     print(f"median zhiying / hand SQL: {statistics.median(ratios):.2f}x (compiling every run)")

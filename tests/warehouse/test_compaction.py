@@ -161,6 +161,12 @@ def test_clickhouse_sorts_by_itself_and_is_not_compacted(wh_stores: Stores) -> N
     append_events(wh_stores.warehouse, table([ev("a", user_id="u1")]), SINCE)
     assert layout(wh_stores.warehouse) is None
     assert compact_events(wh_stores.warehouse, NOW) is None
+    events = wh_stores.warehouse.query(
+        "SELECT sorting_key, (SELECT groupArray(name) FROM system.data_skipping_indices "
+        "WHERE database = currentDatabase() AND table = 'events') AS skip "
+        "FROM system.tables WHERE database = currentDatabase() AND name = 'events'"
+    ).to_pylist()
+    assert events == [{"sorting_key": "type, event, timestamp", "skip": ["received_at_minmax"]}]
 
 
 def test_db_compact_command_sorts_the_tail_then_finds_nothing_to_do(
