@@ -91,6 +91,27 @@ def test_a_second_compaction_sorts_only_what_came_after_the_first(stores: Stores
     assert compact_events(wh, NOW + timedelta(hours=2)) is None  # nothing new
 
 
+def test_a_table_rebuilt_under_new_rowids_counts_as_never_sorted(stores: Stores) -> None:
+    wh = stores.warehouse
+    _generate(wh, 0, 3000)
+    compact_events(wh, NOW)
+    # As ``ensure_tables`` adding a derived column does: a copy in the same order,
+    # renamed, whose rowids start again from 0 (below the recorded mark).
+    wh.execute(
+        "BEGIN; CREATE TABLE copy AS SELECT * FROM events ORDER BY rowid; DROP TABLE events; "
+        "ALTER TABLE copy RENAME TO events; COMMIT"
+    )
+    _generate(wh, 3000, 500)
+
+    assert layout(wh) == Layout(3500, 3500, NOW.replace(tzinfo=None))
+    done = compact_events(wh, NOW + timedelta(hours=1))
+
+    assert done is not None and done.rows == 3500
+    stored = _in_storage_order(wh)
+    assert stored == sorted(stored, key=lambda r: (r[0], r[1], r[2]))
+    assert layout(wh) == Layout(0, 3500, (NOW + timedelta(hours=1)).replace(tzinfo=None))
+
+
 def test_a_tail_smaller_than_min_rows_is_left_alone(stores: Stores) -> None:
     wh = stores.warehouse
     _generate(wh, 0, 100)

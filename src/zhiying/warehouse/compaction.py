@@ -20,7 +20,8 @@ The row count is checked inside the transaction before it commits, so a
 compaction either moves every row of the tail or changes nothing. The watermark
 is written after the commit; if the process dies in between, the next
 compaction sorts that run again (harmless). DuckDB keeps ``rowid`` stable
-(checked across checkpoints and reopening).
+(checked across checkpoints and reopening); a table rebuilt under new rowids
+invalidates the watermark (see :func:`_watermark`).
 
 ClickHouse needs none of this (its MergeTree keeps parts sorted by the table's
 ``ORDER BY``): :func:`compact_events` returns ``None`` there.
@@ -84,14 +85,11 @@ def layout(warehouse: Warehouse) -> Layout | None:
     """The event table's clustering, or ``None`` where the engine sorts by itself."""
     if not isinstance(warehouse, DuckDBWarehouse):
         return None
-    last = warehouse.query(
-        "SELECT max(through_rowid) AS w, max(compacted_at) AS at FROM event_compactions"
-    ).to_pylist()[0]
-    mark = -1 if last["w"] is None else int(last["w"])
+    mark, at = _watermark(warehouse)
     counts = warehouse.query(
         f"SELECT count(*) FILTER (WHERE rowid > {mark}) AS tail, count(*) AS total FROM events"
     ).to_pylist()[0]
-    return Layout(int(counts["tail"]), int(counts["total"]), last["at"])
+    return Layout(int(counts["tail"]), int(counts["total"]), at)
 
 
 def compact_events(warehouse: Warehouse, now: datetime, *, min_rows: int = 1) -> Compaction | None:
@@ -106,20 +104,24 @@ def compact_events(warehouse: Warehouse, now: datetime, *, min_rows: int = 1) ->
         return None
     with EVENT_WRITER:
         started = time.perf_counter()
-        before = layout(warehouse)
-        assert before is not None
-        if before.tail_rows == 0 or before.tail_rows < min_rows:
-            return None
-        mark = _watermark(warehouse)
+        mark, _ = _watermark(warehouse)
         with warehouse.transaction() as cur:
-            high, total = _ints(cur.execute("SELECT max(rowid), count(*) FROM events").fetchone())
+            high, total, waiting = _ints(
+                cur.execute(
+                    f"SELECT max(rowid), count(*), count(*) FILTER (WHERE rowid > {mark}) "
+                    "FROM events"
+                ).fetchone()
+            )
+            if waiting == 0 or waiting < min_rows:
+                return None
             tail = f"rowid > {mark} AND rowid <= {high}"
             cur.execute(f"INSERT INTO events SELECT * FROM events WHERE {tail} ORDER BY {SORT_KEY}")
             moved = _ints(cur.execute(f"DELETE FROM events WHERE {tail}").fetchone())[0]
             after = _ints(cur.execute("SELECT count(*) FROM events").fetchone())[0]
-            if after != total:
+            if after != total or moved != waiting:
                 raise WarehouseError(
-                    f"compaction would leave {after} events of {total}; rolled back"
+                    f"compaction would leave {after} events of {total} (moved {moved} of "
+                    f"{waiting}); rolled back"
                 )
         through = int(warehouse.query("SELECT max(rowid) AS r FROM events").column("r")[0].as_py())
         seconds = time.perf_counter() - started
@@ -127,19 +129,38 @@ def compact_events(warehouse: Warehouse, now: datetime, *, min_rows: int = 1) ->
             {
                 "compacted_at": [_naive_utc(now)],
                 "through_rowid": [through],
-                "rows": [int(moved)],
+                "sorted_rows": [total],
+                "rows": [moved],
                 "seconds": [seconds],
             },
             schema=EVENT_COMPACTIONS,
         )
         warehouse.insert("event_compactions", record)
-        return Compaction(int(moved), int(total), through, seconds)
+        return Compaction(moved, total, through, seconds)
 
 
-def _watermark(warehouse: DuckDBWarehouse) -> int:
-    value = warehouse.query("SELECT max(through_rowid) AS w FROM event_compactions")
-    mark = value.column("w")[0].as_py()
-    return -1 if mark is None else int(mark)
+def _watermark(warehouse: DuckDBWarehouse) -> tuple[int, datetime | None]:
+    """The rowid up to which events are sorted (-1: none), and when that was recorded.
+
+    A record is trusted only while exactly its ``sorted_rows`` events have a rowid at
+    or below its mark. Events are never deleted, so that count changes only if the
+    table was rebuilt with new rowids (``ensure_tables`` adding a derived column
+    copies it, in the same order, under rowids from 0): the mark then means
+    nothing, and everything counts as tail again (sorting sorted runs again is
+    only wasted work).
+    """
+    last = warehouse.query(
+        "SELECT through_rowid, sorted_rows, compacted_at FROM event_compactions "
+        "ORDER BY through_rowid DESC LIMIT 1"
+    ).to_pylist()
+    if not last:
+        return -1, None
+    mark = int(last[0]["through_rowid"])
+    at: datetime | None = last[0]["compacted_at"]
+    below = warehouse.query(f"SELECT count(*) AS n FROM events WHERE rowid <= {mark}")
+    if int(below.column("n")[0].as_py()) != int(last[0]["sorted_rows"]):
+        return -1, at
+    return mark, at
 
 
 def _ints(row: tuple[Any, ...] | None) -> list[int]:

@@ -145,13 +145,15 @@ SEGMENT_MEMBERS = pa.schema(
     ]
 )
 
-# One row per compaction of the DuckDB event table (``warehouse.compaction``): rows
-# up to ``through_rowid`` are clustered, the rows appended after it are the tail
-# the next compaction sorts. Unused on ClickHouse, whose MergeTree sorts parts itself.
+# One row per compaction of the DuckDB event table (``warehouse.compaction``): the
+# ``sorted_rows`` events with a rowid up to ``through_rowid`` are clustered, the rows
+# appended after them are the tail the next compaction sorts; ``rows``: how many this
+# compaction moved. Unused on ClickHouse, whose MergeTree sorts parts itself.
 EVENT_COMPACTIONS = pa.schema(
     [
         pa.field("compacted_at", TS, nullable=False),
         pa.field("through_rowid", pa.int64(), nullable=False),
+        pa.field("sorted_rows", pa.int64(), nullable=False),
         pa.field("rows", pa.int64(), nullable=False),
         pa.field("seconds", pa.float64(), nullable=False),
     ]
