@@ -22,7 +22,14 @@ from zhiying.clock import ManualClock
 from zhiying.ingest.models import BatchContext, rows_to_table, validate_batch
 from zhiying.ingest.pipeline import StoreResult, store_events
 from zhiying.ingest.spool import Spool
-from zhiying.ingest.writer import EventWriter, WriterBusy, spool_directory
+from zhiying.ingest.workers import table_to_ipc
+from zhiying.ingest.writer import (
+    DIRECT_LINGER,
+    SWITCH_INTERVAL,
+    EventWriter,
+    WriterBusy,
+    spool_directory,
+)
 from zhiying.runtime import Stores
 from zhiying.store.tables import identifiers
 
@@ -297,3 +304,53 @@ def test_a_writer_stopped_without_starting_keeps_the_spool(stores: Stores) -> No
     spool.close(empty=False)
     spool_writer(stores).stop()  # never started: never read the spool
     assert len(segments(stores)) == 1
+
+
+def test_the_workers_ipc_bytes_are_spooled_as_they_are_unless_rows_are_dropped(
+    stores: Stores, gate: Gate
+) -> None:
+    writer = spool_writer(stores, store=gate, load_interval=60)
+    writer.start()
+    try:
+        whole = table(stores, "w1", "w2")
+        marked = whole.replace_schema_metadata({"from": "worker"})  # tells the bytes apart
+        writer.submit(whole, ipc=table_to_ipc(marked)).result(10)
+        # A repeat (w2) is dropped: the bytes no longer describe the rows to spool.
+        again = table(stores, "w2", "w3")
+        written = writer.submit(again, ipc=table_to_ipc(again)).result(10)
+        assert (written.inserted, written.duplicates) == (1, 1)
+        directory = spool_directory(stores)
+        assert directory is not None
+        records = [t for _, t in Spool(directory).records()]
+        assert [t.column("message_id").to_pylist() for t in records] == [["w1", "w2"], ["w3"]]
+        assert records[0].equals(whole)
+        assert records[0].schema.metadata == {b"from": b"worker"}
+        assert records[1].schema.metadata is None
+        gate.open.set()
+        assert writer.flush(10)
+    finally:
+        gate.open.set()
+        writer.stop()
+    assert count_events(stores) == 3
+    assert count_events(stores, "message_id = 'w2'") == 1
+
+
+def test_only_direct_mode_waits_for_more_requests_by_default(stores: Stores) -> None:
+    spooled = EventWriter(stores, spool=True, validate_in_worker=False)
+    direct = EventWriter(stores, spool=False, validate_in_worker=False)
+    assert spooled.loader is not None and spooled.linger == 0
+    assert direct.loader is None and direct.linger == DIRECT_LINGER > 0
+    assert EventWriter(stores, spool=True, linger=0.01, validate_in_worker=False).linger == 0.01
+
+
+def test_a_running_writer_shortens_the_thread_switch_interval_until_it_stops(
+    stores: Stores,
+) -> None:
+    before = sys.getswitchinterval()
+    writer = spool_writer(stores)
+    writer.start()
+    try:
+        assert sys.getswitchinterval() == min(before, SWITCH_INTERVAL) < 0.005
+    finally:
+        writer.stop()
+    assert sys.getswitchinterval() == before

@@ -293,10 +293,12 @@ def _writer(request: Request) -> EventWriter | None:
     return writer if isinstance(writer, EventWriter) else None
 
 
-async def _store(request: Request, stores: Stores, events: pa.Table) -> Written:
+async def _store(
+    request: Request, stores: Stores, events: pa.Table, ipc: bytes | None = None
+) -> Written:
     writer = _writer(request)
     if writer is not None:
-        return await asyncio.wrap_future(writer.submit(events))
+        return await asyncio.wrap_future(writer.submit(events, ipc=ipc))
     # No writer (an app used without its lifespan, e.g. a bare TestClient): store inline.
     try:
         result = await run_in_threadpool(store_events, stores, events)
@@ -395,7 +397,7 @@ async def _ingest(request: Request, stores: Stores, endpoint_type: str | None) -
     if prepared.events.num_rows == 0:
         return _answer(None, prepared.rejected)
     try:
-        written = await _store(request, stores, prepared.events)
+        written = await _store(request, stores, prepared.events, prepared.ipc)
     except (WriterBusy, WriterStopped) as exc:
         return problem(503, "busy", exc.message, code=exc.code, headers={"Retry-After": "1"})
     except Exception:

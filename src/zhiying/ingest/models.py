@@ -264,9 +264,28 @@ def parse_money(value: object) -> Decimal:
     return cents
 
 
+_FLOAT_MONEY: dict[float, Decimal] = {}
+""":func:`parse_money` of JSON numbers seen before (prices repeat: a catalogue)."""
+_FLOAT_MONEY_SIZE: Final = 16384
+
+
 def _money(value: object, field: str, errors: _Errors) -> Decimal | None:
     if value is None:
         return None
+    # 0.0 and -0.0 are one dict key but not one Decimal: zero is not cached.
+    if type(value) is float and value != 0:
+        hit = _FLOAT_MONEY.get(value)
+        if hit is not None:
+            return hit
+        try:
+            amount = parse_money(value)
+        except ValueError as exc:
+            errors.add(field, str(exc))
+            return None
+        if len(_FLOAT_MONEY) >= _FLOAT_MONEY_SIZE:
+            _FLOAT_MONEY.clear()
+        _FLOAT_MONEY[value] = amount
+        return amount
     try:
         return parse_money(value)
     except ValueError as exc:
@@ -609,6 +628,227 @@ def _check_message(
     )
 
 
+_FAST_KINDS: Final = frozenset(("track", "identify", "page", "screen"))
+
+
+def _fast_timestamp(value: object) -> datetime:
+    """A plain ISO-8601 string as :func:`parse_timestamp` reads it; raises ValueError."""
+    if type(value) is not str:
+        raise ValueError
+    at = datetime.fromisoformat(value)
+    tz = at.tzinfo
+    if tz is None:
+        return at
+    if tz is UTC:
+        return at.replace(tzinfo=None)
+    return _naive_utc(at)
+
+
+def _fast_identifier(
+    found: dict[tuple[str, str], None], kind: str, raw: object, region: str
+) -> bool:
+    """Add ``raw`` as a ``kind`` identifier to ``found`` as :func:`_identifiers` does;
+    False when it would be an error (the caller gives up)."""
+    if raw is None or raw == "":
+        return True
+    if type(raw) is not str and type(raw) is not int:
+        return False
+    try:
+        found[(kind, _normalized(kind, raw, region))] = None
+    except InvalidIdentifier:
+        return False
+    return True
+
+
+def _fast_identifiers(
+    traits: dict[str, Any] | None, context: Mapping[str, Any] | None, region: str
+) -> list[dict[str, str]] | None:
+    """:func:`_identifiers` without field paths for errors: None when any identifier
+    is wrong (the caller gives up), in the same order otherwise."""
+    found: dict[tuple[str, str], None] = {}  # ordered set
+    if context:
+        device = context.get("device")
+        if (
+            isinstance(device, dict)
+            and "id" in device
+            and not _fast_identifier(found, DEVICE_ID, device["id"], region)
+        ):
+            return None
+    if traits:
+        for key, kind in TRAIT_IDENTIFIERS:
+            if key in traits and not _fast_identifier(found, kind, traits[key], region):
+                return None
+    if context:
+        context_traits = context.get("traits")
+        if isinstance(context_traits, dict):
+            for key, kind in TRAIT_IDENTIFIERS:
+                if key in context_traits and not _fast_identifier(
+                    found, kind, context_traits[key], region
+                ):
+                    return None
+        external = context.get("externalIds")
+        if external is not None:
+            if type(external) is not list:
+                return None
+            for item in external:
+                if type(item) is not dict:
+                    return None
+                id_type = item.get("type")
+                if type(id_type) is not str or not id_type:
+                    return None
+                if not _fast_identifier(found, id_type.lower(), item.get("id"), region):
+                    return None
+    return [{"kind": kind, "value": value} for kind, value in found]
+
+
+def _check_fast(msg: dict[str, Any], batch: BatchContext) -> tuple[Any, ...] | None:
+    """:func:`_check_message` for the common, valid ``/v1/batch`` message, or None.
+
+    Most messages are a valid track / identify / page / screen with string ids: this
+    pass takes the straight road for them and gives up (None) at the first thing
+    that is unusual or wrong, so the caller runs :func:`_check_message`, which
+    alone says what is wrong and how. Whatever it returns is exactly the row
+    ``_check_message`` returns (``tests/ingest/test_models.py`` checks that on
+    generated messages): the same helpers compute products, money and
+    identifiers; only the reading of the top-level fields is inlined.
+    """
+    get = msg.get
+    message_id = get("messageId")
+    if type(message_id) is not str or not message_id or len(message_id) > MAX_MESSAGE_ID_LENGTH:
+        return None
+    kind = get("type")
+    if type(kind) is not str or kind not in _FAST_KINDS:
+        return None
+    user_id = get("userId")
+    if user_id is not None and user_id != "":
+        if type(user_id) is not str:
+            return None
+        user_id = user_id.strip()
+        if not user_id or len(user_id) > MAX_VALUE_LENGTH:
+            return None
+    else:
+        user_id = None
+    anonymous_id = get("anonymousId")
+    if anonymous_id is not None and anonymous_id != "":
+        if type(anonymous_id) is not str:
+            return None
+        anonymous_id = anonymous_id.strip()
+        if not anonymous_id or len(anonymous_id) > MAX_VALUE_LENGTH:
+            return None
+    elif user_id is None:
+        return None
+    else:
+        anonymous_id = None
+    event = name = None
+    if kind == "track":
+        event = get("event")
+        if type(event) is not str or not event or len(event) > MAX_TEXT_LENGTH:
+            return None
+    elif kind != "identify":
+        name = get("name")
+        if name is not None and (type(name) is not str or len(name) > MAX_TEXT_LENGTH):
+            return None
+    properties = get("properties")
+    traits = get("traits")
+    context = get("context")
+    integrations = get("integrations")
+    if (
+        (properties is not None and type(properties) is not dict)
+        or (traits is not None and type(traits) is not dict)
+        or (context is not None and type(context) is not dict)
+        or (integrations is not None and type(integrations) is not dict)
+    ):
+        return None
+    if batch.context:
+        context = {**batch.context, **context} if context else dict(batch.context)
+    channel = get("channel")
+    if channel is not None and type(channel) is not str:
+        return None
+
+    try:
+        original = get("originalTimestamp")
+        if original is not None:
+            original = _fast_timestamp(original)
+        else:
+            original = get("timestamp")
+            if original is not None:
+                original = _fast_timestamp(original)
+        sent_at = get("sentAt")
+        if sent_at is not None:
+            sent_at = _fast_timestamp(sent_at)
+        elif "sentAt" not in msg:
+            sent_at = batch.sent_utc
+    except ValueError:
+        return None
+    received = batch.received_utc
+    if original is None:
+        timestamp = received
+    elif sent_at is None:
+        timestamp = original
+    else:
+        timestamp = received - (sent_at - original)
+    if timestamp > batch.latest_utc or timestamp < EARLIEST:
+        return None
+
+    errors = _Errors()
+    order_id = revenue = currency = coupon = products = None
+    if properties:
+        order_id = properties.get("order_id")
+        if order_id is not None and not (
+            type(order_id) is str and len(order_id) <= MAX_TEXT_LENGTH
+        ):
+            order_id = _text(order_id, "properties.order_id", errors)
+        revenue = properties.get("revenue")
+        if revenue is not None:
+            revenue = _money(revenue, "properties.revenue", errors)
+        currency = properties.get("currency")
+        if currency is not None:
+            currency = _currency(currency, errors)
+        coupon = properties.get("coupon")
+        if coupon is not None and not (type(coupon) is str and len(coupon) <= MAX_TEXT_LENGTH):
+            coupon = _text(coupon, "properties.coupon", errors)
+        products = properties.get("products")
+        if products is not None:
+            products = _products(products, errors)
+    if errors.items:
+        return None
+    if context or (traits and kind == "identify"):
+        identifiers = _fast_identifiers(
+            traits if kind == "identify" else None, context, batch.default_region
+        )
+        if identifiers is None:
+            return None
+    else:
+        identifiers = []
+    return (
+        message_id,
+        kind,
+        event,
+        name,
+        user_id,
+        anonymous_id,
+        None,
+        timestamp,
+        received,
+        sent_at,
+        original,
+        batch.source,
+        derive_channel(channel, context),
+        order_id,
+        revenue,
+        currency,
+        coupon,
+        products,
+        None,
+        None,
+        identifiers,
+        None if properties is None else orjson.dumps(properties).decode(),
+        None if traits is None else orjson.dumps(traits).decode(),
+        None if context is None else orjson.dumps(context).decode(),
+        None,
+    )
+
+
 def _check_column_order() -> None:
     expected = (  # noqa: SIM905
         "message_id type event name user_id anonymous_id one_id timestamp received_at sent_at "
@@ -650,7 +890,7 @@ def validate_batch_table(
     """:func:`validate_batch` with the valid rows as one ``EVENTS`` Arrow table (the
     server's path: no row dicts, columns built straight from the checked values)."""
     tuples, rejections = _check_batch(messages, batch, endpoint_type, check_size)
-    return _tuples_to_table(tuples), rejections
+    return _tuples_to_table(tuples, batch), rejections
 
 
 def _check_batch(
@@ -675,6 +915,11 @@ def _check_batch(
                     )
                 )
                 continue
+        if endpoint_type is None and type(msg) is dict:
+            fast = _check_fast(msg, batch)
+            if fast is not None:
+                rows.append(fast)
+                continue
         result = _check_message(msg, index, batch, endpoint_type)
         if isinstance(result, list):
             rejections.extend(result)
@@ -683,14 +928,35 @@ def _check_batch(
     return rows, rejections
 
 
-def _tuples_to_table(rows: Sequence[tuple[Any, ...]]) -> pa.Table:
+_UNSET: Final = (EVENTS.get_field_index("one_id"), EVENTS.get_field_index("person_key"))
+_RECEIVED_AT: Final = EVENTS.get_field_index("received_at")
+_SOURCE: Final = EVENTS.get_field_index("source")
+_SENT_AT: Final = EVENTS.get_field_index("sent_at")
+
+
+def _tuples_to_table(rows: Sequence[tuple[Any, ...]], batch: BatchContext) -> pa.Table:
+    """Rows of :func:`_check_message` as an ``EVENTS`` table. Columns every row of a
+    request shares (``received_at``, ``source``, the unset keys, usually ``sent_at``)
+    are repeated from one value instead of converted row by row."""
     if not rows:
         return EVENTS.empty_table()
-    columns = zip(*rows, strict=True)
-    return pa.Table.from_arrays(
-        [pa.array(values, f.type) for values, f in zip(columns, EVENTS, strict=True)],
-        schema=EVENTS,
-    )
+    n = len(rows)
+    shared = {
+        _RECEIVED_AT: batch.received_utc,
+        _SOURCE: batch.source,
+        _UNSET[0]: None,
+        _UNSET[1]: None,
+    }
+    sent = batch.sent_utc
+    if sent is not None and all(row[_SENT_AT] is sent for row in rows):
+        shared[_SENT_AT] = sent
+    arrays = []
+    for i, (values, f) in enumerate(zip(zip(*rows, strict=True), EVENTS, strict=True)):
+        if i in shared:
+            arrays.append(pa.repeat(pa.scalar(shared[i], f.type), n))
+        else:
+            arrays.append(pa.array(values, f.type))
+    return pa.Table.from_arrays(arrays, schema=EVENTS)
 
 
 _ROW_VALUES: Final = operator.itemgetter(*EVENTS.names)

@@ -42,10 +42,15 @@ class BadBody(ValueError):
 
 @dataclass(frozen=True)
 class Prepared:
-    """One request's valid events (``EVENTS`` schema) and rejected events (input order)."""
+    """One request's valid events (``EVENTS`` schema) and rejected events (input order).
+
+    ``ipc``: the events as Arrow IPC stream bytes when they already exist in that
+    form (the validation worker sends them so): the spool writes them as they are
+    instead of encoding the table again."""
 
     events: pa.Table
     rejected: list[Rejection]
+    ipc: bytes | None = None
 
 
 def parse_body(body: bytes) -> Any:

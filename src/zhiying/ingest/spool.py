@@ -46,11 +46,16 @@ SEGMENT_BYTES: Final = 8 * 1024 * 1024
 small enough that a restart re-reads little that was already stored."""
 
 
-def _encode(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as stream:
-        stream.write_table(table)
-    data: bytes = sink.getvalue().to_pybytes()
+def _encode(table: pa.Table | bytes) -> bytes:
+    """A record: ``table`` as Arrow IPC stream bytes (or those bytes, given) behind
+    its header."""
+    if isinstance(table, bytes):
+        data = table
+    else:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as stream:
+            stream.write_table(table)
+        data = sink.getvalue().to_pybytes()
     return _HEADER.pack(len(data), zlib.crc32(data)) + data
 
 
@@ -131,9 +136,10 @@ class Spool:
                 yield number, pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
                 offset = start + size
 
-    def append(self, tables: Sequence[pa.Table]) -> int:
+    def append(self, tables: Sequence[pa.Table | bytes]) -> int:
         """Write ``tables`` as records and sync them (once for all); returns the segment
-        they are in. When this returns, they survive a crash of the process or machine."""
+        they are in. When this returns, they survive a crash of the process or machine.
+        A table may be given as its Arrow IPC stream bytes (``EVENTS`` schema)."""
         chunks = [_encode(table) for table in tables]
         with self._lock:
             if self._file is None or self._size >= self.segment_bytes:
