@@ -2,13 +2,17 @@
 
     .venv/bin/python -m bench.bulk_import [--events N] [--skip-store] [--before]
                                           [--per-batch] [--only parquet|jsonl]
+                                          [--identity-from REV]
                                                           (default N = 5,000,000)
 
 ``--skip-store`` measures read + map + validate only (no ``store_events``), the part
 the bulk importer owns; without it each format is also imported end to end: identity
 resolved once for the whole file (``resolve_import``), then ``store_events`` per batch.
 ``--per-batch`` also imports each file the way before (identity resolved inside every
-``store_events`` batch), in the same run, as the baseline.
+``store_events`` batch), in the same run, as the baseline. ``--identity-from REV`` also
+imports each file with ``resolve_import`` and the ``zhiying.identity`` modules as they
+were at git revision ``REV`` (read with ``git show``; the rest of the code is this
+tree's), first, in the same run: an A/B of identity work on the same file.
 
 Generates N events (≈ 200k users with one or two devices each; 55 % track with products
 on orders, 35 % page, 10 % identify with an e-mail trait; 20 % of tracks and pages come
@@ -27,10 +31,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
+import types
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow.parquet as pq
@@ -97,6 +106,36 @@ def generate(n: int, out: Path) -> tuple[Path, Path]:
     return parquet, jsonl
 
 
+_ROOT = Path(__file__).resolve().parent.parent
+_IDENTITY_MODULES = ("identifiers", "resolver", "batch", "setwise", "bulk", "cache", "service")
+
+
+def identity_from(rev: str) -> Callable[..., Any]:
+    """``resolve_import`` as of git revision ``rev``, running that revision's
+    ``zhiying.identity`` modules (loaded under a private package name), for A/B runs."""
+    prefix = f"zy_identity_{rev.replace('-', '_').replace('.', '_')[:12]}"
+
+    def load(name: str, path: str) -> types.ModuleType:
+        source = subprocess.run(
+            ["git", "show", f"{rev}:{path}"], cwd=_ROOT, capture_output=True, text=True, check=True
+        ).stdout
+        source = source.replace("from zhiying.identity import", f"from {prefix} import")
+        source = source.replace("zhiying.identity.", f"{prefix}.")
+        module = types.ModuleType(f"{prefix}.{name}")
+        module.__file__ = f"{rev}:{path}"
+        sys.modules[module.__name__] = module
+        exec(compile(source, module.__file__, "exec"), module.__dict__)
+        return module
+
+    package = types.ModuleType(prefix)
+    package.__path__ = []
+    sys.modules[prefix] = package
+    for name in _IDENTITY_MODULES:
+        setattr(package, name, load(name, f"src/zhiying/identity/{name}.py"))
+    resolve: Callable[..., Any] = load("ingest_bulk", "src/zhiying/ingest/bulk.py").resolve_import
+    return resolve
+
+
 def floor(parquet: Path, out: Path) -> float:
     """Seconds for the raw DuckDB insert of the file's rows (Arrow → table)."""
     started = time.perf_counter()
@@ -128,6 +167,7 @@ def ours(
     chunk_size: int = bulk.DEFAULT_CHUNK_SIZE,
     store_batch: int = bulk.STORE_BATCH,
     per_batch: bool = False,
+    resolve: Callable[..., Any] | None = None,
 ) -> tuple[float, float, float]:
     """(total seconds, seconds inside store_events and resolve_import, CPU seconds of
     this process) for an import into a fresh store (the CPU figure includes the
@@ -135,6 +175,7 @@ def ours(
     stores = open_stores(Settings(data_dir=out / f"store-{name}"), clock=ManualClock(NOW))
     spent = {"store_events": 0.0, "resolve_import": 0.0}
     real_store, real_resolve = bulk.store_events, bulk.resolve_import
+    resolving = resolve or real_resolve
     real_batches = bulk.store_event_batches
 
     def timed_store(s, events, **kw):  # type: ignore[no-untyped-def]
@@ -155,7 +196,7 @@ def ours(
     def timed_resolve(s, rows):  # type: ignore[no-untyped-def]
         t = time.perf_counter()
         try:
-            return real_resolve(s, rows)
+            return resolving(s, rows)
         finally:
             spent["resolve_import"] += time.perf_counter() - t
 
@@ -206,8 +247,15 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=["parquet", "jsonl"], help="import only this format end to end"
     )
+    parser.add_argument(
+        "--identity-from",
+        metavar="REV",
+        help="also import each file with resolve_import and zhiying.identity as of git "
+        "revision REV (the rest as in this tree), first, in the same run",
+    )
     args = parser.parse_args()
     n = args.legacy_n or args.events
+    old_resolve = identity_from(args.identity_from) if args.identity_from else None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         t = time.perf_counter()
@@ -233,14 +281,22 @@ def main() -> None:
             )
             if args.skip_store:
                 continue
-            runs = [("", bulk.DEFAULT_CHUNK_SIZE, bulk.STORE_BATCH, False)]
+            runs: list[tuple[str, int, int, bool, Callable[..., Any] | None]] = [
+                ("", bulk.DEFAULT_CHUNK_SIZE, bulk.STORE_BATCH, False, None)
+            ]
+            if old_resolve is not None:
+                tag = f" identity@{args.identity_from}"
+                runs.insert(0, (tag, bulk.DEFAULT_CHUNK_SIZE, bulk.STORE_BATCH, False, old_resolve))
             if args.per_batch:
-                runs.insert(0, (" per-batch", bulk.DEFAULT_CHUNK_SIZE, bulk.STORE_BATCH, True))
+                runs.insert(
+                    0, (" per-batch", bulk.DEFAULT_CHUNK_SIZE, bulk.STORE_BATCH, True, None)
+                )
             if args.before:
-                runs.insert(0, (" before", *BEFORE, True))
-            for tag, chunk_size, store_batch, per_batch in runs:
+                runs.insert(0, (" before", *BEFORE, True, None))
+            for tag, chunk_size, store_batch, per_batch, resolve in runs:
+                name = label + tag.strip().replace("@", "-")
                 total, store, cpu = ours(
-                    path, out, label + tag.strip(), chunk_size, store_batch, per_batch
+                    path, out, name, chunk_size, store_batch, per_batch, resolve
                 )
                 what = f"end to end{tag} (batches {store_batch // 1000}k):"
                 print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import pyarrow as pa
@@ -12,7 +13,14 @@ import sqlalchemy as sa
 from tests.identity.events import NOW, ev, table
 from zhiying.errors import NotFound, ValidationFailed
 from zhiying.identity.resolver import partition
-from zhiying.identity.service import Resolution, lookup, members, new_one_id, resolve_events
+from zhiying.identity.service import (
+    Resolution,
+    _mint_many,
+    lookup,
+    members,
+    new_one_id,
+    resolve_events,
+)
 from zhiying.runtime import Stores
 from zhiying.store.tables import identifiers, identity_conflicts, merges, one_ids
 
@@ -37,6 +45,13 @@ def stored_partition(stores: Stores) -> frozenset[frozenset[tuple[str, str]]]:
 def test_one_id_format_is_short_and_random() -> None:
     a, b = new_one_id(), new_one_id()
     assert a != b and a.startswith("u_") and len(a) == 22 and a[2:].isalnum()
+
+
+def test_one_ids_minted_in_bulk_have_the_same_form_and_use_every_character() -> None:
+    minted = _mint_many(5000)
+    assert len(set(minted)) == 5000
+    assert all(re.fullmatch(r"u_[a-z2-7]{20}", one_id) for one_id in minted)
+    assert set("".join(minted)[2::22]) == set("abcdefghijklmnopqrstuvwxyz234567")
 
 
 def test_batch_writes_one_ids_and_identifiers_with_first_and_last_seen(ops_stores: Stores) -> None:

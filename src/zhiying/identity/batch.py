@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 import numpy as np
 import pyarrow as pa
@@ -147,30 +148,68 @@ def row_identifiers(events: pa.Table, now: datetime) -> RowIdentifiers:
     return RowIdentifiers(keys, rows, _capped_micros(events, now), linking)
 
 
+def _codes(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, int]:
+    """Dense codes of ``values`` (0 for null, 1.. per distinct value) and how many there are."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    encoded = pc.dictionary_encode(values)
+    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes + 1, len(encoded.dictionary) + 1
+
+
+_CODE_LIMIT: Final = 1 << 62
+
+
+def _pair(a: np.ndarray, na: int, b: np.ndarray, nb: int) -> tuple[np.ndarray, int]:
+    """One code per (a, b) pair, injective; renumbered densely when the product would overflow."""
+    if na * nb < _CODE_LIMIT:
+        return a * nb + b, na * nb
+    da, a = np.unique(a, return_inverse=True)
+    db, b = np.unique(b, return_inverse=True)
+    return _pair(a.astype(np.int64), len(da), b.astype(np.int64), len(db))
+
+
 def tuple_columns(events: pa.Table, now: datetime) -> TupleColumns:
     """Distinct identity tuples of ``events`` (EVENTS columns), first occurrence first.
 
     Event times later than ``now`` (a client with a wrong clock) are read as
     ``now``. Rows without any identifier get a tuple with no identifiers.
+
+    A row's tuple is the combination of four dense codes (user id, anonymous id,
+    alias ``previousId``, identifier list; null and empty lists alike), so only
+    the rows with a non-empty list build a string key.
     """
-    user_id = _column(events, "user_id")
-    anonymous_id = _column(events, "anonymous_id")
-    is_alias = pc.fill_null(pc.equal(_column(events, "type"), "alias"), False)
-    previous_id = pc.if_else(is_alias, _column(events, "previous_id"), pa.scalar(None, pa.string()))
-    identifiers = _column(events, "identifiers")
-    key = pc.binary_join_element_wise(
-        _enc(user_id), _enc(anonymous_id), _enc(previous_id), _identifiers_key(identifiers), ""
+    # Chunked as they come: a whole-column copy costs more than the kernels below.
+    user_id = events.column("user_id")
+    anonymous_id = events.column("anonymous_id")
+    is_alias = pc.fill_null(pc.equal(events.column("type"), "alias"), False)
+    previous_id = pc.if_else(is_alias, events.column("previous_id"), pa.scalar(None, pa.string()))
+    identifiers = events.column("identifiers")
+    listed = np.flatnonzero(
+        pc.fill_null(pc.greater(pc.list_value_length(identifiers), 0), False).to_numpy(
+            zero_copy_only=False
+        )
     )
+    list_code = np.zeros(events.num_rows, dtype=np.int64)
+    n_lists = 1
+    if len(listed):
+        some = identifiers.take(pa.array(listed)).combine_chunks()
+        codes, n_lists = _codes(_identifiers_key(some))
+        list_code[listed] = codes
+    key, size = _pair(*_codes(user_id), *_codes(anonymous_id))
+    key, size = _pair(key, size, *_codes(previous_id))
+    key, size = _pair(key, size, list_code, n_lists)
     micros = _capped_micros(events, now)
     # Rows in time order (stable: ties keep input order); dictionary codes are
     # handed out in order of first appearance, so code order is time order.
     order = np.argsort(micros, kind="stable")
     sorted_codes = (
-        pc.dictionary_encode(key.take(pa.array(order)))
+        pc.dictionary_encode(pa.array(key[order]))
         .indices.to_numpy(zero_copy_only=False)
         .astype(np.int64)
     )
-    _, first_pos = np.unique(sorted_codes, return_index=True)
+    high = np.maximum.accumulate(sorted_codes)
+    first_pos = np.flatnonzero(np.concatenate([[True], high[1:] > high[:-1]])[: len(high)])
     n = len(first_pos)
     firsts = pa.array(order[first_pos])
     sorted_micros = micros[order]
@@ -181,9 +220,9 @@ def tuple_columns(events: pa.Table, now: datetime) -> TupleColumns:
     codes[order] = sorted_codes
 
     # Flat identifier rows: user id (position 0), anonymous id (1), list items (2 + i).
-    users = user_id.take(firsts)
-    anons = anonymous_id.take(firsts)
-    lists = identifiers.take(firsts)
+    users = user_id.take(firsts).combine_chunks()
+    anons = anonymous_id.take(firsts).combine_chunks()
+    lists = identifiers.take(firsts).combine_chunks()
     parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(lists)
     kinds, values = pc.struct_field(flat, "kind"), pc.struct_field(flat, "value")
@@ -201,8 +240,8 @@ def tuple_columns(events: pa.Table, now: datetime) -> TupleColumns:
     )
     kind_col = pa.concat_arrays(
         [
-            pa.array(np.full(len(u_at), USER_ID, dtype=object), pa.string()),
-            pa.array(np.full(len(a_at), ANONYMOUS_ID, dtype=object), pa.string()),
+            pa.repeat(pa.scalar(USER_ID, pa.string()), len(u_at)),
+            pa.repeat(pa.scalar(ANONYMOUS_ID, pa.string()), len(a_at)),
             kinds.take(pa.array(keep)).cast(pa.string()),
         ]
     )
@@ -216,28 +255,38 @@ def tuple_columns(events: pa.Table, now: datetime) -> TupleColumns:
     ranked = np.lexsort((pos, tup))
     tup = tup[ranked]
     kind_col, value_col = kind_col.take(pa.array(ranked)), value_col.take(pa.array(ranked))
-    # The same identifier twice in one tuple: keep its first position.
-    ident = (
-        pc.dictionary_encode(pc.binary_join_element_wise(_enc(kind_col), _enc(value_col), ""))
-        .indices.to_numpy(zero_copy_only=False)
-        .astype(np.int64)
-    )
-    _, unique_at = np.unique(tup * (int(ident.max(initial=0)) + 1) + ident, return_index=True)
-    unique_at.sort()
-    if len(unique_at) < len(tup):
-        tup = tup[unique_at]
-        kind_col, value_col = (
-            kind_col.take(pa.array(unique_at)),
-            value_col.take(pa.array(unique_at)),
+    # The same identifier twice in one tuple (only a list item can repeat one): keep
+    # its first position.
+    with_list = np.zeros(n, dtype=bool)
+    with_list[parents[keep]] = True
+    rows = np.flatnonzero(with_list[tup])
+    if len(rows):
+        at = pa.array(rows)
+        ident = (
+            pc.dictionary_encode(
+                pc.binary_join_element_wise(_enc(kind_col.take(at)), _enc(value_col.take(at)), "")
+            )
+            .indices.to_numpy(zero_copy_only=False)
+            .astype(np.int64)
         )
+        _, unique_at = np.unique(
+            tup[rows] * (int(ident.max(initial=0)) + 1) + ident, return_index=True
+        )
+        if len(unique_at) < len(rows):
+            kept = np.ones(len(tup), dtype=bool)
+            kept[rows] = False
+            kept[rows[unique_at]] = True
+            unique = np.flatnonzero(kept)
+            tup = tup[unique]
+            kind_col, value_col = kind_col.take(pa.array(unique)), value_col.take(pa.array(unique))
     return TupleColumns(
         n=n,
         codes=pa.array(codes),
         first_at=first_at,
         last_at=last_at,
-        message_id=_column(events, "message_id").take(firsts),
-        event_type=_column(events, "type").take(firsts),
-        previous_id=previous_id.take(firsts),
+        message_id=events.column("message_id").take(firsts).combine_chunks(),
+        event_type=events.column("type").take(firsts).combine_chunks(),
+        previous_id=previous_id.take(firsts).combine_chunks(),
         flat_tuple=tup,
         flat_kind=kind_col,
         flat_value=value_col,

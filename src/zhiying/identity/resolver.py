@@ -324,15 +324,25 @@ class Resolver:
         self._parent[loser] = winner
         self._nodes[winner].limited.update(self._nodes[loser].limited)
         del self._nodes[loser]
-        reason = (
-            "alias: previousId linked to userId"
-            if obs.event_type == "alias"
-            else f"{obs.event_type}: one event carried identifiers of both"
-        )
         self.merges.append(
-            Merge(winner, loser, via[0], via[1], reason, obs.message_id, obs.first_at)
+            Merge(
+                winner,
+                loser,
+                via[0],
+                via[1],
+                merge_reason(obs.event_type),
+                obs.message_id,
+                obs.first_at,
+            )
         )
         return winner
+
+
+def merge_reason(event_type: str) -> str:
+    """The ``reason`` recorded for a merge made by a tuple whose first event has ``event_type``."""
+    if event_type == "alias":
+        return "alias: previousId linked to userId"
+    return f"{event_type}: one event carried identifiers of both"
 
 
 def _all_new_within_limits(resolver: Resolver, idents: tuple[Ident, ...]) -> bool:

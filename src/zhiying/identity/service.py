@@ -39,7 +39,8 @@ from zhiying.errors import NotFound, ValidationFailed
 from zhiying.identity import setwise
 from zhiying.identity.batch import (
     TupleColumns,
-    _enc,
+    _codes,
+    _pair,
     collapse,
     observations,
     row_identifiers,
@@ -61,6 +62,7 @@ from zhiying.identity.resolver import (
     Ident,
     KnownOneId,
     Resolver,
+    merge_reason,
     precedence,
 )
 from zhiying.store.tables import identifiers, identity_conflicts, one_ids
@@ -783,14 +785,25 @@ def _big_page_cache(db: BulkSql) -> Iterator[None]:
         db.conn.exec_driver_sql(f"PRAGMA cache_size = {int(before)}")
 
 
+_BASE32: Final = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz234567", dtype=np.uint8)
+
+
 def _mint_many(count: int) -> list[str]:
-    """``count`` fresh ONE_IDs (``new_one_id`` form) from one random draw."""
+    """``count`` fresh ONE_IDs (``new_one_id`` form: ``u_`` + 20 lower-case base32
+    characters, 100 random bits) from one random draw: each random byte's low five
+    bits pick a character (256 is a multiple of 32, so every character is equally
+    likely), without Python's per-byte base32 encoder."""
     if count == 0:
         return []
-    raw = np.frombuffer(
-        base64.b32encode(secrets.token_bytes(15 * count)).lower(), dtype="S24"
-    ).astype("S20")
-    ids: list[str] = pc.binary_join_element_wise("u_", pa.array(raw.astype(str)), "").to_pylist()
+    text = np.empty((count, 22), dtype=np.uint8)
+    text[:, 0], text[:, 1] = ord("u"), ord("_")
+    random = np.frombuffer(secrets.token_bytes(20 * count), dtype=np.uint8)
+    text[:, 2:] = _BASE32[random.reshape(count, 20) & 31]
+    offsets = np.arange(0, 22 * (count + 1), 22, dtype=np.int32)
+    strings = pa.Array.from_buffers(
+        pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(text)]
+    )
+    ids: list[str] = strings.to_pylist()
     return ids
 
 
@@ -911,10 +924,9 @@ def _resolve_set_based(db: BulkSql, events: pa.Table, now: datetime, generation:
         ]
     )
     all_values = pa.concat_arrays([cols.flat_value, prev_values, prev_values])
+    pair, _ = _pair(*_codes(all_kinds), *_codes(all_values))  # one number per identifier
     encoded = (
-        pc.dictionary_encode(pc.binary_join_element_wise(_enc(all_kinds), _enc(all_values), ""))
-        .indices.to_numpy(zero_copy_only=False)
-        .astype(np.int64)
+        pc.dictionary_encode(pa.array(pair)).indices.to_numpy(zero_copy_only=False).astype(np.int64)
     )
     _, first_row = np.unique(encoded, return_index=True)
     taken = pa.array(first_row)
@@ -924,8 +936,9 @@ def _resolve_set_based(db: BulkSql, events: pa.Table, now: datetime, generation:
     alias_tuple = np.concatenate([alias_t, alias_t])
 
     known = _known(db, kinds, values)
-    limit_code = {k: i + 1 for i, k in enumerate(LIMITED_KINDS)}
-    limit = np.array([limit_code.get(k, 0) for k in kinds.to_pylist()], dtype=np.int64)
+    limit = np.zeros(len(kinds), dtype=np.int64)
+    for code, kind in enumerate(LIMITED_KINDS, start=1):
+        limit[pc.equal(kinds, kind).to_numpy(zero_copy_only=False)] = code
     anchored = np.array([USER_ID in known.limited.get(o, {}) for o in known.one_ids], dtype=bool)
     decided = setwise.plan(
         setwise.Batch(
@@ -952,43 +965,43 @@ def _resolve_set_based(db: BulkSql, events: pa.Table, now: datetime, generation:
         [flat_ident[in_residual[cols.flat_tuple]], alias_ident[in_residual[alias_tuple]]]
     )
     r_idents = np.unique(r_rows)
-    kind_list, value_list = kinds.to_pylist(), values.to_pylist()
     resolver = Resolver(new_id=_Minter())
     r_owners: dict[Ident, str] = {}
     r_known: dict[str, KnownOneId] = {}
-    for i in r_idents.tolist():
+    r_stored = r_idents[known.owner[r_idents] >= 0]
+    for i, kind, value in zip(r_stored.tolist(), *_pylists(r_stored, kinds, values), strict=True):
         o = int(known.owner[i])
-        if o >= 0:
-            one_id = known.one_ids[o]
-            r_owners[(kind_list[i], value_list[i])] = one_id
-            if one_id not in r_known:
-                r_known[one_id] = KnownOneId(
-                    created_at=db.read_time(known.created[o]),
-                    limited=known.limited.get(one_id, {}),
-                )
+        one_id = known.one_ids[o]
+        r_owners[(kind, value)] = one_id
+        if one_id not in r_known:
+            r_known[one_id] = KnownOneId(
+                created_at=db.read_time(known.created[o]), limited=known.limited.get(one_id, {})
+            )
     resolver.load(r_owners, r_known)
     r_targets = [resolver.observe(obs) for obs in observations(cols, residual)]
 
-    # Every tuple's ONE_ID, current as of the end of the batch.
+    # Every tuple's ONE_ID, current as of the end of the batch: a holder code per tuple
+    # (the residual's ONE_IDs appended after the holders), one take per row.
     minted = _mint_many(len(decided.mint_created))
     holders = [resolver.find(o) for o in known.one_ids] + minted
-    per_tuple: list[str | None] = [None] * n
-    static = np.flatnonzero(decided.target >= 0)
-    for t, code in zip(static.tolist(), decided.target[static].tolist(), strict=True):
-        per_tuple[t] = holders[code]
-    for t, target in zip(residual.tolist(), r_targets, strict=True):
-        per_tuple[t] = None if target is None else resolver.find(target)
+    codes = decided.target.copy()
+    r_found = [None if t is None else resolver.find(t) for t in r_targets]
+    codes[residual] = len(holders) + np.arange(len(residual))
+    codes[residual[[t is None for t in r_found]]] = -1
+    names = pa.array(holders + r_found, pa.string())
+    row_codes = codes[cols.codes.to_numpy(zero_copy_only=False)]
 
     aliases, n_conflicts = _write_set_based(
         db, cols, known, decided, resolver, minted, holders, flat_ident, alias_ident, kinds, values
     )
-    if resolver.merges:
+    n_merges = len(resolver.merges) + len(decided.merge_loser)
+    if n_merges:
         db.conn.exec_driver_sql(_GENERATION_BUMP)
         generation += 1
     return Resolution(
-        one_ids=pa.array(per_tuple, pa.string()).take(cols.codes),
+        one_ids=names.take(pa.array(row_codes, mask=row_codes < 0)),
         aliases=aliases,
-        merges=len(resolver.merges),
+        merges=n_merges,
         conflicts=n_conflicts,
         generation=generation,
         residual=len(residual),
@@ -1018,18 +1031,26 @@ def _write_set_based(
     merged_at = {m.loser: m.merged_at for m in resolver.merges}
     aliases: dict[str, str] = {}
 
-    # ONE_IDs: the static path's (one per NEW component), then the resolver's.
+    # ONE_IDs: the static path's (devices that merged into their user point at it),
+    # then the resolver's.
+    into: list[str | None] = [None] * len(minted)
+    lost_at: list[Any] = [None] * len(minted)
+    static_at = db.times_of_micros(cols.first_at[decided.merge_tuple])
+    for lo, w, at in zip(
+        (decided.merge_loser - decided.n_owners).tolist(),
+        decided.merge_winner.tolist(),
+        static_at,
+        strict=True,
+    ):
+        into[lo], lost_at[lo] = holders[w], at
+        aliases[minted[lo]] = holders[w]
     rows: list[tuple[Any, ...]] = list(
-        zip(
-            minted,
-            db.times_of_micros(decided.mint_created),
-            [None] * len(minted),
-            [None] * len(minted),
-            strict=True,
-        )
+        zip(minted, db.times_of_micros(decided.mint_created), into, lost_at, strict=True)
     )
     rows.extend(_resolver_one_id_rows(db, resolver, merged_at, aliases))
-    rows.sort()  # in key order: index pages are filled one after the other
+    # In key order: index pages are filled one after the other.
+    in_order = pc.sort_indices(pa.array([row[0] for row in rows], pa.string())).to_numpy()
+    rows = [rows[i] for i in in_order.tolist()]
     db.insert("one_ids", ("one_id", "created_at", "merged_into", "merged_at"), rows)
     _repoint_stored_losers(db, resolver, merged_at, aliases)
 
@@ -1042,9 +1063,11 @@ def _write_set_based(
     last = np.full(n_idents, np.iinfo(np.int64).min, dtype=np.int64)
     np.minimum.at(first, flat_ident, cols.first_at[cols.flat_tuple])
     np.maximum.at(last, flat_ident, cols.last_at[cols.flat_tuple])
-    owner_of: list[str | None] = [None] * n_idents
-    for i, code in zip(decided.assign_ident.tolist(), decided.assign_target.tolist(), strict=True):
-        owner_of[i] = holders[code]
+    # Each identifier's owner as a holder code; owners only the resolver knows (new
+    # identifiers of residual tuples) are named after the holders.
+    owner_code = np.full(n_idents, -1, dtype=np.int64)
+    owner_code[decided.assign_ident] = decided.assign_target
+    extra: list[str | None] = []
     if resolver.seen:
         # Only residual tuples' identifiers are in the resolver.
         in_r = np.unique(np.concatenate([flat_ident[in_residual[cols.flat_tuple]], alias_ident]))
@@ -1062,54 +1085,81 @@ def _write_set_based(
             first[i] = min(first[i], (f - epoch) // _MICRO)
             last[i] = max(last[i], (la - epoch) // _MICRO)
             if known.owner[i] < 0:
-                owner_of[i] = resolver.owner(ident)
+                owner_code[i] = len(holders) + len(extra)
+                extra.append(resolver.owner(ident))
     seen = first != big
     stored = known.owner >= 0
-    for i in np.flatnonzero(stored).tolist():
-        owner_of[i] = holders[known.owner[i]]
+    owner_code[stored] = known.owner[stored]
+    names = pa.array(holders + extra, pa.string())
 
-    kind_list, value_list = kinds.to_pylist(), values.to_pylist()
+    def columns(rows: np.ndarray) -> tuple[list[Any], list[Any], list[Any]]:
+        at = pa.array(rows)
+        owners = names.take(pa.array(owner_code[rows]))
+        return owners.to_pylist(), kinds.take(at).to_pylist(), values.take(at).to_pylist()
+
     new_rows = _key_order(kinds, values, np.flatnonzero(seen & ~stored))
+    owners, kind_col, value_col = columns(new_rows)
     f_text = db.times_of_micros(first[new_rows])
     l_text = db.times_of_micros(last[new_rows])
     db.insert(
         "identifiers",
         ("kind", "value", "one_id", "first_seen", "last_seen"),
-        [
-            (kind_list[i], value_list[i], owner_of[i], f, la)
-            for i, f, la in zip(new_rows.tolist(), f_text, l_text, strict=True)
-        ],
+        list(zip(kind_col, value_col, owners, f_text, l_text, strict=True)),
     )
     moved_first = np.minimum(first, known.first)
     moved_last = np.maximum(last, known.last)
     changed = seen & stored & ((moved_first != known.first) | (moved_last != known.last))
     owner_changed = np.zeros(n_idents, dtype=bool)
-    for i in np.flatnonzero(seen & stored).tolist():
-        owner_changed[i] = owner_of[i] != known.raw_owner[i]
+    was = np.flatnonzero(seen & stored)
+    if len(was):
+        before = pa.array(known.raw_owner, pa.string()).take(pa.array(was))
+        now_in = names.take(pa.array(owner_code[was]))
+        owner_changed[was] = pc.not_equal(now_in, before).to_numpy(zero_copy_only=False)
     upd = _key_order(kinds, values, np.flatnonzero(changed | owner_changed))
     firsts, lasts = db.times_of_micros(moved_first[upd]), db.times_of_micros(moved_last[upd])
-    moves = owner_changed[upd].tolist()
+    moves = owner_changed[upd]
+    owners, kind_col, value_col = columns(upd)
     db.update_identifiers(
         [
-            (owner_of[i], f, la, kind_list[i], value_list[i])
-            for i, f, la, move in zip(upd.tolist(), firsts, lasts, moves, strict=True)
+            (o, f, la, k, v)
+            for o, f, la, k, v, move in zip(
+                owners, firsts, lasts, kind_col, value_col, moves.tolist(), strict=True
+            )
             if move
         ]
     )
     db.update_seen(
         [
-            (f, la, kind_list[i], value_list[i])
-            for i, f, la, move in zip(upd.tolist(), firsts, lasts, moves, strict=True)
+            (f, la, k, v)
+            for f, la, k, v, move in zip(
+                firsts, lasts, kind_col, value_col, moves.tolist(), strict=True
+            )
             if not move
         ]
     )
+    merge_rows = [
+        (m.winner, m.loser, m.kind, m.value, m.reason, m.message_id, db.time(m.merged_at))
+        for m in resolver.merges
+    ]
+    if len(decided.merge_tuple):
+        at = pa.array(decided.merge_tuple)
+        merge_rows.extend(
+            (holders[w], holders[lo], kind, value, merge_reason(t), m, when)
+            for w, lo, kind, value, t, m, when in zip(
+                decided.merge_winner.tolist(),
+                decided.merge_loser.tolist(),
+                *_pylists(decided.merge_ident, kinds, values),
+                cols.event_type.take(at).to_pylist(),
+                cols.message_id.take(at).to_pylist(),
+                static_at,
+                strict=True,
+            )
+        )
+        merge_rows.sort(key=lambda row: row[6])  # in time order, as made (stable)
     db.insert(
         "identity_merges",
         ("winner", "loser", "kind", "value", "reason", "message_id", "merged_at"),
-        [
-            (m.winner, m.loser, m.kind, m.value, m.reason, m.message_id, db.time(m.merged_at))
-            for m in resolver.merges
-        ],
+        merge_rows,
     )
 
     # Conflicts: the static ones and the resolver's, each key's first occurrence (in
@@ -1121,17 +1171,17 @@ def _write_set_based(
     once.sort()
     c_t = decided.conflict_tuple[once]
     recorded: dict[tuple[str, str, str, str, str], tuple[tuple[int, int], tuple[Any, ...]]] = {}
-    for t, at_us, code, o, i, m, at in zip(
+    for t, at_us, code, o, kind, value, m, at in zip(
         c_t.tolist(),
         cols.first_at[c_t].tolist(),
         decided.target[c_t].tolist(),
         decided.conflict_other[once].tolist(),
-        decided.conflict_ident[once].tolist(),
+        *_pylists(decided.conflict_ident[once], kinds, values),
         cols.message_id.take(pa.array(c_t)).to_pylist(),
         db.times_of_micros(cols.first_at[c_t]),
         strict=True,
     ):
-        key = (holders[code], holders[o], kind_list[i], value_list[i], "one_user_id")
+        key = (holders[code], holders[o], kind, value, "one_user_id")
         recorded[key] = ((at_us, t), (*key, m, at))
     if resolver.conflicts:
         epoch = datetime(1970, 1, 1, tzinfo=UTC)
@@ -1159,6 +1209,12 @@ def _write_set_based(
 
 
 _MICRO: Final = timedelta(microseconds=1)
+
+
+def _pylists(rows: np.ndarray, *columns: pa.Array) -> list[list[Any]]:
+    """``columns`` at ``rows``, as Python lists (only those rows reach Python)."""
+    at = pa.array(rows, pa.int64())
+    return [column.take(at).to_pylist() for column in columns]
 
 
 def _key_order(kinds: pa.Array, values: pa.Array, rows: np.ndarray) -> np.ndarray:

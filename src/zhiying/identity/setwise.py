@@ -30,6 +30,20 @@ no known identifier whose identifiers all occur here for the first time.
   values, and exactly one root (so every tuple but the earliest shares an
   identifier with an earlier one). The resolver mints one ONE_ID at the earliest tuple and gives it
   every identifier, with no merge and no conflict.
+* ``JOINED``: a user's devices first seen before the login. A component with
+  exactly one ``user_id`` ``u`` (stored or new) and no other limited kind among
+  its unknown identifiers, where every tuple either carries ``u`` (a *user
+  tuple*) or is *anonymous*: exactly one identifier; known identifiers only
+  when ``u`` is stored, all of them ``u``'s owner's. An anonymous tuple whose
+  identifier ``d`` is new mints a ONE_ID holding only ``d``; it meets nothing
+  else until the first user tuple carrying ``d``, where the ONE_ID holding ``u``
+  wins the merge (it holds a ``user_id``, ``d``'s does not) with a record
+  ``via d`` at that tuple. The ONE_ID holding ``u``: a stored ``u``'s owner; for
+  a new ``u``, the first user tuple's (``T``) ONE_ID, so at most one identifier
+  of ``T`` may have been seen before it (else the resolver would merge those
+  devices by age): that device's ONE_ID then takes ``u`` without a merge,
+  otherwise ``T`` mints one. Every tuple ends at the user's ONE_ID, no conflict
+  is possible (one value per limited kind, and the user's ONE_ID never loses).
 * ``EMPTY``: no identifier at all: no ONE_ID.
 
 A static tuple reads only owners the residual cannot change (or follows them
@@ -50,6 +64,7 @@ OWNED: Final = 1
 ANCHORED: Final = 2
 NEW: Final = 3
 RESIDUAL: Final = 4
+JOINED: Final = 5
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,10 @@ class Plan:
     ``assign_target``: identifiers the store does not know and their holder code.
     ``conflict_tuple`` / ``conflict_ident`` / ``conflict_other``: ``one_user_id``
     conflicts met by static tuples (the ONE_ID refused is ``target[conflict_tuple]``).
+    ``merge_winner`` / ``merge_loser`` (holder codes) / ``merge_ident`` /
+    ``merge_tuple``: merges made by static (``JOINED``) tuples, in tuple order
+    (the resolver's record names the tuple's first event, type and time); a
+    loser is always a new ONE_ID, so it is stored as merged into its winner.
     """
 
     n_owners: int
@@ -101,6 +120,10 @@ class Plan:
     conflict_tuple: np.ndarray
     conflict_ident: np.ndarray
     conflict_other: np.ndarray
+    merge_winner: np.ndarray
+    merge_loser: np.ndarray
+    merge_ident: np.ndarray
+    merge_tuple: np.ndarray
 
     @property
     def residual(self) -> np.ndarray:
@@ -254,12 +277,55 @@ def plan(batch: Batch) -> Plan:
     candidate &= (per_component(candidate & (target < 0)) == 0)[t_label]
     klass[candidate] = ANCHORED
 
+    # JOINED: one user in the component, every other tuple anonymous with one identifier.
+    has_user = users > 0
+    u_low = np.full(size, _BIG, dtype=np.int64)
+    u_high = np.full(size, -1, dtype=np.int64)
+    np.minimum.at(u_low, t_label[ft[user_f]], fi[user_f])
+    np.maximum.at(u_high, t_label[ft[user_f]], fi[user_f])
+    one_user = (u_high >= 0) & (u_low == u_high)
+    the_user = np.where(one_user, u_low, n_idents)  # per component; n_idents: none
+    user_owner = np.concatenate([batch.owner, [-1]])[the_user]
+    first_user_t = np.concatenate([first_t, [n]])[the_user]  # its first tuple (n: none)
+    seen_before = np.bincount(ft[~known & ~first_here], minlength=n + 1)
+    joined_comp = (
+        ~alias_or_several
+        & one_user
+        & (per_component(~has_user & (np.bincount(ft, minlength=n) != 1)) == 0)
+        & (per_component(_per_tuple(n, ft, limited_unknown & ~user_f)) == 0)
+        & (per_component(klass != RESIDUAL) == 0)
+        & np.where(  # a stored user: every known identifier is its owner's
+            user_owner >= 0,
+            (comp_low == user_owner) & (comp_high == user_owner),
+            (with_known == 0) & (seen_before[first_user_t] <= 1),
+        )
+    )
+    joined = has_idents & joined_comp[t_label]
+    klass[joined] = JOINED
+    # Devices: unknown identifiers first carried by an anonymous tuple (each mints a
+    # ONE_ID), and the first user tuple that carries each (where it merges).
+    j_rows = np.flatnonzero(joined[ft] & ~known)
+    firsts_t = first_t[fi[j_rows]]
+    device_rows = j_rows[(firsts_t == ft[j_rows]) & ~has_user[ft[j_rows]]]
+    device = fi[device_rows]
+    meet = np.full(n_idents, _BIG, dtype=np.int64)
+    u_rows = j_rows[has_user[ft[j_rows]]]
+    np.minimum.at(meet, fi[u_rows], ft[u_rows])
+    # A new user's first user tuple T: the one device seen before it (if any) gives
+    # the user's ONE_ID (created when that device was first seen), else T mints it.
+    device_comp = t_label[ft[device_rows]]
+    adopted = (user_owner[device_comp] < 0) & (meet[device] == first_user_t[device_comp])
+    born = np.full(n, _BIG, dtype=np.int64)
+    np.minimum.at(born, ft[j_rows], firsts_t)
+    j_comps = np.unique(t_label[joined])
+    j_new = j_comps[user_owner[j_comps] < 0]
+
     # Holders met by ANCHORED tuples, their one_user_id conflicts, and the
-    # identifiers they (or OWNED/NEW tuples) are first to carry.
+    # identifiers they (or OWNED/NEW/JOINED tuples) are first to carry.
     a_rows = np.flatnonzero(candidate[ft])
     holder = np.where(known[a_rows], owner_f[a_rows], target[first_t[fi[a_rows]]])
     clash = held[a_rows] & (holder != target[ft[a_rows]])
-    static = (klass == OWNED) | (klass == NEW) | (klass == ANCHORED)
+    static = (klass == OWNED) | (klass == NEW) | (klass == ANCHORED) | (klass == JOINED)
     firsts = np.flatnonzero(static[ft] & ~known & first_here)
     idents, once = np.unique(fi[firsts], return_index=True)
     firsts = firsts[once]
@@ -279,15 +345,31 @@ def plan(batch: Batch) -> Plan:
         mapped[late] = renumber[codes[late] - pending_code]
         return mapped
 
+    decided = final(target)
+    # JOINED: new users' ONE_IDs next, then one per merged device.
+    comp_code = np.full(size, -1, dtype=np.int64)
+    comp_code[j_comps] = user_owner[j_comps]
+    comp_code[j_new] = n_owners + len(mint_created) + np.arange(len(j_new))
+    mint_created = np.concatenate([mint_created, batch.first_at[born[first_user_t[j_new]]]])
+    decided[joined] = comp_code[t_label[joined]]
+    lost = np.flatnonzero(~adopted)
+    lost = lost[np.lexsort((batch.rank[device[lost]], meet[device[lost]]))]
+    loser = n_owners + len(mint_created) + np.arange(len(lost))
+    mint_created = np.concatenate([mint_created, batch.first_at[ft[device_rows[lost]]]])
+
     conflict_rows = a_rows[clash]
     return Plan(
         n_owners=n_owners,
         klass=klass,
-        target=final(target),
+        target=decided,
         mint_created=mint_created,
         assign_ident=idents,
-        assign_target=final(target[ft[firsts]]),
+        assign_target=decided[ft[firsts]],
         conflict_tuple=ft[conflict_rows],
         conflict_ident=fi[conflict_rows],
         conflict_other=final(holder[clash]),
+        merge_winner=decided[ft[device_rows[lost]]],
+        merge_loser=loser,
+        merge_ident=device[lost],
+        merge_tuple=meet[device[lost]],
     )
