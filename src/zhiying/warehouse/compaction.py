@@ -149,9 +149,10 @@ def _watermark(warehouse: DuckDBWarehouse) -> tuple[int, datetime | None]:
     nothing, and everything counts as tail again (sorting sorted runs again is
     only wasted work).
     """
+    # The last record written (a stale one may have a larger mark than its successors).
     last = warehouse.query(
         "SELECT through_rowid, sorted_rows, compacted_at FROM event_compactions "
-        "ORDER BY through_rowid DESC LIMIT 1"
+        "ORDER BY rowid DESC LIMIT 1"
     ).to_pylist()
     if not last:
         return -1, None
