@@ -57,7 +57,7 @@ def sweep_coupons(stores: Stores) -> str:
     )
 
 
-def compact_events(stores: Stores) -> str:
+def compact_event_table(stores: Stores) -> str:
     from zhiying.warehouse.compaction import compact_events, layout
 
     now = stores.clock.now()
@@ -78,5 +78,5 @@ def default_jobs() -> list[Job]:
         Job("coupons.sweep", sweep_coupons),
         Job("tags.refresh", refresh_tags),
         Job("segments.materialise", materialise_segments),
-        Job("events.compact", compact_events, every=timedelta(minutes=10)),
+        Job("events.compact", compact_event_table, every=timedelta(minutes=10)),
     ]
