@@ -827,7 +827,7 @@ def _check_fast(msg: dict[str, Any], batch: BatchContext) -> tuple[Any, ...] | N
         name,
         user_id,
         anonymous_id,
-        None,
+        None,  # one_id
         timestamp,
         received,
         sent_at,
@@ -839,13 +839,13 @@ def _check_fast(msg: dict[str, Any], batch: BatchContext) -> tuple[Any, ...] | N
         currency,
         coupon,
         products,
-        None,
-        None,
+        None,  # group_id: group messages take the rules
+        None,  # previous_id: alias messages take the rules
         identifiers,
-        None if properties is None else orjson.dumps(properties).decode(),
-        None if traits is None else orjson.dumps(traits).decode(),
-        None if context is None else orjson.dumps(context).decode(),
-        None,
+        None if properties is None else _json(properties),
+        None if traits is None else _json(traits),
+        None if context is None else _json(context),
+        None,  # person_key
     )
 
 
