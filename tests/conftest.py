@@ -19,7 +19,7 @@ from hypothesis import settings
 
 from tests import pg
 from zhiying.clock import ManualClock
-from zhiying.config import Settings
+from zhiying.config import Settings, get_settings
 from zhiying.runtime import Stores, open_stores
 
 # CI runs the property tests on fixed examples (no flaky red build from a rare draw, no
@@ -93,6 +93,18 @@ def wh_stores(tmp_path: Path, clock: ManualClock, warehouse_url: str) -> Iterato
     s = make_stores(tmp_path, clock, warehouse_url=warehouse_url)
     yield s
     s.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh ``ZHIYING_DATA_DIR`` for commands run through the CLI (embedded stores, no
+    API key from the environment); modules that need data in it override this."""
+    for name in ("ZHIYING_DATABASE_URL", "ZHIYING_WAREHOUSE_URL", "ZHIYING_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ZHIYING_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    yield tmp_path / "data"
+    get_settings.cache_clear()
 
 
 @pytest.fixture

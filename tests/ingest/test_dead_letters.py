@@ -3,32 +3,20 @@ cause is fixed; a file the stores still refuse stays, reported by error class on
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pytest
 from typer.testing import CliRunner
 
 from tests.ingest.test_poison import refuse_identifiers
 from zhiying.cli.main import app
-from zhiying.config import Settings, get_settings
+from zhiying.config import Settings
 from zhiying.ingest.models import BatchContext, rows_to_table, validate_batch
 from zhiying.ingest.spool import Spool
 from zhiying.ingest.writer import spool_directory
 from zhiying.runtime import Stores, open_stores
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    for name in ("ZHIYING_DATABASE_URL", "ZHIYING_WAREHOUSE_URL", "ZHIYING_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ZHIYING_DATA_DIR", str(tmp_path / "data"))
-    get_settings.cache_clear()
-    yield tmp_path / "data"
-    get_settings.cache_clear()
 
 
 def _set_aside(stores: Stores, *users: str) -> Path:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from tests.identity.events import ev, table
 from zhiying.cli.main import app
-from zhiying.config import Settings, get_settings
+from zhiying.config import Settings
 from zhiying.runtime import Stores, open_stores
 from zhiying.warehouse import Warehouse
 from zhiying.warehouse.compaction import Layout, compact_events, layout
@@ -194,25 +194,15 @@ def test_clickhouse_sorts_by_itself_and_is_not_compacted(wh_stores: Stores) -> N
     assert events == [{"sorting_key": "type, event, timestamp", "skip": ["received_at_minmax"]}]
 
 
-def test_db_compact_command_sorts_the_tail_then_finds_nothing_to_do(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    data = tmp_path / "data"
-    for name in ("ZHIYING_DATABASE_URL", "ZHIYING_WAREHOUSE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ZHIYING_DATA_DIR", str(data))
-    get_settings.cache_clear()
-    stores = open_stores(Settings(data_dir=data))
+def test_db_compact_command_sorts_the_tail_then_finds_nothing_to_do(data_dir: Path) -> None:
+    stores = open_stores(Settings(data_dir=data_dir))
     _generate(stores.warehouse, 0, 300)
     stores.close()
-    try:
-        first = CliRunner().invoke(app, ["db", "compact", "--min-rows", "301"])
-        assert first.exit_code == 0, first.output
-        assert "left alone: fewer than 301 events to sort" in first.output
-        second = CliRunner().invoke(app, ["db", "compact"])
-        assert "300 of 300 events to sort" in second.output
-        assert "sorted 300 events" in second.output
-        third = CliRunner().invoke(app, ["db", "compact"])
-        assert "all 300 events are sorted already" in third.output
-    finally:
-        get_settings.cache_clear()
+    first = CliRunner().invoke(app, ["db", "compact", "--min-rows", "301"])
+    assert first.exit_code == 0, first.output
+    assert "left alone: fewer than 301 events to sort" in first.output
+    second = CliRunner().invoke(app, ["db", "compact"])
+    assert "300 of 300 events to sort" in second.output
+    assert "sorted 300 events" in second.output
+    third = CliRunner().invoke(app, ["db", "compact"])
+    assert "all 300 events are sorted already" in third.output

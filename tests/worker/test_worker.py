@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from tests.segments.test_seed_segment import AT, seed_data
 from tests.tags.factories import event, insert_events
 from zhiying.cli.main import app
 from zhiying.clock import ManualClock
-from zhiying.config import get_settings
 from zhiying.profiles.tags import service as tags
 from zhiying.profiles.tags.models import DynamicTag, EventSelector
 from zhiying.runtime import Stores
@@ -178,16 +176,6 @@ def test_worker_thread_ticks_until_stopped(seeded: Stores) -> None:
     thread.stop()
     assert _snapshots(seeded, sid) == 1
     assert not thread._thread.is_alive()
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    for name in ("ZHIYING_DATABASE_URL", "ZHIYING_WAREHOUSE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ZHIYING_DATA_DIR", str(tmp_path / "data"))
-    get_settings.cache_clear()
-    yield tmp_path / "data"
-    get_settings.cache_clear()
 
 
 def test_worker_once_runs_every_job_and_prints_them(data_dir: Path) -> None:
