@@ -34,26 +34,27 @@ in the server's time zone on ClickHouse. Small operations fill the gaps:
   to ``if(rows > 0, arg, NULL)`` there; DuckDB, PostgreSQL and Spark already
   return NULL and get ``arg`` alone (one aggregate fewer per row).
 
-``unfused()``: compile without ibis's ``fuse_selects`` rewrite, for this thread
-only (see its docstring).
-
 Rules are registered on ibis's compiler classes once, at import; the
 expression built by ``zhiying.segments.compiler`` is the same for every
-dialect and only ``ibis.to_sql(expr, dialect=...)`` differs.
+dialect. ``to_sqlglot(expr, dialect)`` compiles it with a subclass of ibis's
+compiler for that dialect that does less work per compile (see ``_Lean``);
+``ibis.to_sql(expr, dialect=...)`` writes an equivalent query.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+import itertools
+import operator
+from functools import reduce
 from typing import Any, Literal
 
 import ibis
+import ibis.backends.sql.rewrites as sql_rewrites
 import ibis.expr.datatypes as dt
 import ibis.expr.operations as ops
 import ibis.expr.rules as rlz
 import ibis.expr.types as ir
+import sqlglot as sg
 import sqlglot.expressions as sge
 from ibis.backends.sql.compilers import (
     ClickHouseCompiler,
@@ -62,7 +63,10 @@ from ibis.backends.sql.compilers import (
     PySparkCompiler,
 )
 from ibis.common.annotations import attribute
+from ibis.common.graph import Graph
+from ibis.common.patterns import NoMatch
 from ibis.expr.datashape import Scalar as ScalarShape
+from ibis.expr.rewrites import replace_parameter
 
 JsonKind = Literal["string", "number", "boolean", "present"]
 
@@ -351,61 +355,6 @@ if ibis.options.pyspark is None:
     ibis.options.pyspark = _PySparkOptions()
 
 
-# --- fuse_selects per call ----------------------------------------------------------
-
-_FUSE: ContextVar[bool | None] = ContextVar("zhiying_ibis_fuse_selects", default=None)
-
-
-class _SqlOptions(ibis.config.SQL):  # type: ignore[misc]
-    """ibis's ``options.sql`` whose ``fuse_selects`` a caller may override for its own
-    thread (``unfused``); everyone else reads (and sets) the process-wide value."""
-
-    def __getattribute__(self, name: str) -> Any:
-        if name == "fuse_selects":
-            override = _FUSE.get()
-            if override is not None:
-                return override
-        return super().__getattribute__(name)
-
-
-def _install_sql_options() -> None:
-    current = ibis.options.sql
-    if not isinstance(current, _SqlOptions):
-        ibis.options.sql = _SqlOptions(
-            fuse_selects=current.fuse_selects,
-            default_limit=current.default_limit,
-            default_dialect=current.default_dialect,
-        )
-
-
-_install_sql_options()
-
-
-@contextmanager
-def unfused() -> Iterator[None]:
-    """Compile without ibis's ``fuse_selects`` rewrite, in this thread (context) only.
-
-    Why: ibis merges each ``SELECT`` into the one around it where it can, and
-    scores every candidate merge by walking both subtrees; on a segment's
-    expression that is a third of ``to_sqlglot`` (seed: 48 → 31 ms). DuckDB,
-    ClickHouse and PostgreSQL flatten the nested subqueries themselves (DuckDB
-    and chdb measured: same query time), Spark's optimizer collapses them too.
-
-    ibis reads the option from the process-wide ``ibis.options.sql`` and takes
-    no per-call argument; flipping it would change the SQL of every other
-    thread compiling meanwhile (tags, layers) and two flips could interleave.
-    So ``options.sql`` is replaced, once, by an equal object whose
-    ``fuse_selects`` reads a context variable first: only the code inside this
-    block sees ``False``.
-    """
-    _install_sql_options()
-    token = _FUSE.set(False)
-    try:
-        yield
-    finally:
-        _FUSE.reset(token)
-
-
 def _register(compiler: type, op: type, rule: Any) -> None:
     """Set ``compiler.visit_<op>`` to ``rule``, never over one of ibis's own rules: an
     operation named like one of ibis's (``SortKey``) would silently change how ibis
@@ -441,3 +390,164 @@ for _compiler, (_json_rule, _instant_rule) in _RULES.items():
         ElementField,
         _field_postgres if _compiler is PostgresCompiler else _field_generic,
     )
+
+
+# --- a leaner ibis → sqlglot translation ---------------------------------------------
+
+
+def _is_star(op: Any) -> bool:
+    """``op.is_star_selection()`` without building a ``Field`` per parent column (a wide
+    ``events`` made that a tenth of a segment's compile)."""
+    parent = op.parent
+    selections = op.selections
+    names = parent.schema.names
+    if len(selections) != len(names):
+        return False
+    for (name, value), column in zip(selections.items(), names, strict=True):
+        if name != column or not isinstance(value, ops.Field) or value.name != column:
+            return False
+        if value.rel is not parent and value.rel != parent:
+            return False
+    return True
+
+
+_SQLIZE = (
+    replace_parameter
+    | sql_rewrites.remove_aliases
+    | sql_rewrites.project_to_select
+    | sql_rewrites.filter_to_select
+    | sql_rewrites.sort_to_select
+    | sql_rewrites.distinct_to_select
+    | sql_rewrites.fill_null_to_select
+    | sql_rewrites.drop_null_to_select
+    | sql_rewrites.drop_columns_to_select
+    | sql_rewrites.first_to_firstvalue
+)
+
+
+class _Lean:
+    """ibis's ``translate`` (ibis 12) with less work per compile; same SQL otherwise.
+
+    ibis rewrites the whole graph up to six times before it writes any SQL
+    (unbind, lowered operations, backend rewrites, SQL-level relations, fusing
+    selects, CTE wrapping), each pass recreating every node above a change:
+    half of a segment's compile. Here:
+
+    - no unbind (the segment tables are unbound already);
+    - the lowered-operation and backend-rewrite passes, and the pass turning
+      relations into SQL-level ``Select`` nodes, run only when some node
+      matches them (a pass that matches nothing changes nothing; the segment
+      compiler builds ``Select`` nodes itself, ``compiler.select``);
+    - selects are never fused: merging each ``SELECT`` into the one around it
+      scored every candidate by walking both subtrees (a third of the step,
+      seed 48 → 31 ms) and every engine flattens nested subqueries itself
+      (DuckDB and chdb measured: the same query time);
+    - CTEs are collected while the SQL is written rather than by one more pass
+      wrapping them in ``CTE`` nodes;
+    - ``visit_Select`` tests "is it ``SELECT *``" without building a field per
+      column of the parent (27 for ``events``);
+    - a subquery is aliased without being copied first.
+
+    It is a subclass per dialect, so ibis's own compilers (tags, layers, anyone
+    else in the process) are untouched.
+    """
+
+    def lean(self, op: ops.Relation) -> tuple[sge.With | None, sge.Select]:
+        """``op`` as (its CTEs, the query without them)."""
+        compiler: Any = self
+        passes = [
+            reduce(operator.or_, rules)
+            for rules in (tuple(compiler.lowered_ops.values()), compiler.rewrites)
+            if rules
+        ]
+        # A pass that matches no node of the graph changes nothing (nodes are rewritten
+        # bottom-up, so nothing above an unmatched node changes either).
+        nodes = Graph.from_bfs(op)
+        if any(p.match(node, {}) is not NoMatch for p in passes for node in nodes):
+            for p in passes:
+                op = op.replace(p)
+            nodes = Graph.from_bfs(op)
+        # The expression is mostly built of SQL-level ``Select`` nodes already
+        # (``compiler.select``); often nothing is left to turn into one.
+        context: dict[str, Any] = {"params": {}}
+        if any(_SQLIZE.match(node, context) is not NoMatch for node in nodes):
+            op = op.replace(_SQLIZE, context=context)
+        if compiler.post_rewrites:
+            op = op.replace(reduce(operator.or_, compiler.post_rewrites))
+        ctes = sql_rewrites.extract_ctes(op)
+        quoted = compiler.quoted
+        counter = itertools.count()
+        written: list[sge.CTE] = []
+
+        def fn(node: Any, _: Any, **kwargs: Any) -> Any:
+            result = compiler.visit_node(node, **kwargs)
+            if node is op or not isinstance(node, ops.Relation):
+                return result
+            name = node.name if isinstance(node, ops.AliasedRelation) else f"t{next(counter)}"
+            alias = sg.to_identifier(name, quoted=quoted)
+            if node in ctes:
+                body = result.this if isinstance(result, sge.Subquery) else result
+                written.append(sge.CTE(this=body, alias=alias))
+                ref = sge.table_(name, quoted=quoted)
+                alias = sg.to_identifier(f"t{next(counter)}", quoted=quoted)
+                return ref.as_(alias, quoted=quoted, table=True)
+            if isinstance(result, sge.Subquery):
+                return result.as_(alias, quoted=quoted, copy=False)
+            try:
+                return result.subquery(alias, copy=False)
+            except AttributeError:
+                return result.as_(alias, quoted=quoted, table=isinstance(result, sge.Table))
+
+        out = op.map(fn)[op]
+        if isinstance(out, sge.Table):
+            out = sg.select(sge.Star(), copy=False).from_(out, copy=False)
+        elif isinstance(out, sge.Subquery):
+            out = out.this
+        return (sge.With(expressions=written) if written else None), out
+
+    def visit_Select(
+        self,
+        op: Any,
+        *,
+        parent: Any,
+        selections: Any,
+        predicates: Any,
+        qualified: Any,
+        sort_keys: Any,
+        distinct: Any,
+    ) -> Any:
+        compiler: Any = self
+        if not (selections or predicates or qualified or sort_keys or distinct):
+            return parent
+        result = parent
+        if selections:
+            if _is_star(op) and (not qualified or compiler.supports_qualify):
+                fields = [sge.Star()]
+            else:
+                fields = list(compiler._cleanup_names(selections))
+            result = sg.select(*fields, copy=False).from_(result, copy=False)
+        if predicates:
+            result = result.where(*predicates, copy=False)
+        if qualified:
+            result = result.qualify(*qualified, copy=False)
+        if sort_keys:
+            result = result.order_by(*sort_keys, copy=False)
+        if distinct:
+            result = result.distinct()
+        return result
+
+
+_LEAN: dict[str, Any] = {}
+for _name, _base in (
+    ("duckdb", DuckDBCompiler),
+    ("clickhouse", ClickHouseCompiler),
+    ("postgres", PostgresCompiler),
+    ("pyspark", PySparkCompiler),
+):
+    _LEAN[_name] = type(f"Lean{_base.__name__}", (_Lean, _base), {"__slots__": ()})()
+
+
+def to_sqlglot(expr: ir.Table, dialect: str) -> tuple[sge.With | None, sge.Select]:
+    """``expr`` (over unbound tables) compiled for ``dialect``: (CTEs, the query)."""
+    compiler: Any = _LEAN[dialect]
+    return compiler.lean(expr.op())  # type: ignore[no-any-return]

@@ -1,199 +1,164 @@
-WITH "t16" AS NOT MATERIALIZED (
+WITH "t12" AS NOT MATERIALIZED (
   SELECT
-    COALESCE("t3"."person_key", "t13"."stored_key") AS "person",
-    "t13"."value",
-    "t13"."timestamp",
-    "t13"."message_id"
+    COALESCE("t3"."person_key", "t7"."stored_key") AS "person",
+    "t7"."value",
+    "t7"."timestamp",
+    "t7"."message_id"
   FROM (
     SELECT
-      "t6"."value",
-      "t6"."timestamp",
-      "t6"."message_id",
-      "t6"."person_key" AS "stored_key"
-    FROM (
-      SELECT
-        *
-      FROM "trait_updates" AS "t2"
-      WHERE
-        "t2"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
-        AND "t2"."key" IN ('city')
-    ) AS "t6"
-  ) AS "t13"
+      "t0"."value",
+      "t0"."timestamp",
+      "t0"."message_id",
+      "t0"."person_key" AS "stored_key"
+    FROM "trait_updates" AS "t0"
+    WHERE
+      "t0"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
+      AND "t0"."key" IN ('city')
+  ) AS "t7"
   LEFT OUTER JOIN "one_id_aliases" AS "t3"
-    ON "t13"."stored_key" = "t3"."alias_key"
-), "t22" AS (
+    ON "t7"."stored_key" = "t3"."alias_key"
+), "t17" AS (
   SELECT
     *
   FROM (
     SELECT
-      "t20"."person",
+      "t15"."person",
       ARG_MAX_NULL(
-        "t20"."value",
-        CREATE_SORT_KEY("t20"."timestamp", 'ASC NULLS LAST', "t20"."message_id", 'ASC NULLS LAST')
+        "t15"."value",
+        CREATE_SORT_KEY("t15"."timestamp", 'ASC NULLS LAST', "t15"."message_id", 'ASC NULLS LAST')
       ) AS "t0"
     FROM (
       SELECT
         *
-      FROM "t16" AS "t17"
+      FROM "t12" AS "t13"
       WHERE
-        "t17"."person" IN (
+        "t13"."person" IN (
           SELECT
-            "t18"."person"
-          FROM (
-            SELECT
-              *
-            FROM "t16" AS "t17"
-            WHERE
-              COALESCE("t17"."value" = 'Beijing', FALSE)
-          ) AS "t18"
+            "t13"."person"
+          FROM "t12" AS "t13"
+          WHERE
+            COALESCE("t13"."value" = 'Beijing', FALSE)
         )
-    ) AS "t20"
+    ) AS "t15"
     GROUP BY
       1
-  ) AS "t21"
+  ) AS "t16"
   WHERE
-    COALESCE("t21"."t0" = 'Beijing', FALSE)
-), "t25" AS NOT MATERIALIZED (
+    COALESCE("t16"."t0" = 'Beijing', FALSE)
+), "t20" AS NOT MATERIALIZED (
   SELECT
-    "t23"."person"
-  FROM "t22" AS "t23"
+    "t18"."person"
+  FROM "t17" AS "t18"
 )
 SELECT
   "k"."one_id"
 FROM (
   SELECT
-    "t38"."person" AS "person_key"
+    "t29"."person" AS "person_key"
   FROM (
     SELECT
-      *
-    FROM (
+      "t19"."person",
+      "t19"."t0",
+      "t28"."e1",
+      "t28"."e2",
+      "t28"."e3"
+    FROM "t17" AS "t19"
+    LEFT OUTER JOIN (
       SELECT
-        "t24"."person",
-        "t24"."t0",
-        "t36"."e1",
-        "t36"."e2",
-        "t36"."e3"
-      FROM "t22" AS "t24"
-      LEFT OUTER JOIN (
+        "t26"."person",
+        COUNT(*) FILTER(WHERE
+          "t26"."row_set" = 0) AS "e1",
+        COUNT(*) FILTER(WHERE
+          "t26"."row_set" = 1) AS "e2",
+        COUNT(*) FILTER(WHERE
+          "t26"."row_set" = 2) AS "e3"
+      FROM (
         SELECT
-          "t34"."person" AS "k_events",
-          "t34"."e1",
-          "t34"."e2",
-          "t34"."e3"
+          "t25"."owner" AS "person",
+          "t11"."row_set"
         FROM (
           SELECT
-            "t33"."person",
-            COUNT(*) FILTER(WHERE
-              "t33"."row_set" = 0) AS "e1",
-            COUNT(*) FILTER(WHERE
-              "t33"."row_set" = 1) AS "e2",
-            COUNT(*) FILTER(WHERE
-              "t33"."row_set" = 2) AS "e3"
+            *
           FROM (
             SELECT
-              "t32"."owner" AS "person",
-              "t15"."row_set"
+              *
             FROM (
               SELECT
-                *
-              FROM (
+                "t2"."person_key" AS "stored_key",
+                0 AS "row_set"
+              FROM "events" AS "t2"
+              WHERE
+                "t2"."event" = 'Application Opened'
+                AND "t2"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
+                AND "t2"."timestamp" >= CAST('2026-08-03 09:00:00.000000' AS TIMESTAMP)
+            ) AS "t6"
+            UNION ALL
+            SELECT
+              *
+            FROM (
+              SELECT
+                "t2"."person_key" AS "stored_key",
+                1 AS "row_set"
+              FROM "events" AS "t2"
+              WHERE
+                "t2"."event" = 'Order Completed'
+                AND "t2"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
+            ) AS "t5"
+          ) AS "t8"
+          UNION ALL
+          SELECT
+            *
+          FROM (
+            SELECT
+              "t2"."person_key" AS "stored_key",
+              2 AS "row_set"
+            FROM "events" AS "t2"
+            WHERE
+              "t2"."event" = 'Order Completed'
+              AND "t2"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
+              AND "t2"."timestamp" >= CAST('2026-10-25 09:00:00.000000' AS TIMESTAMP)
+              AND COALESCE(ARRAY_CONTAINS("t2"."product_brands", 'Shiseido'), FALSE)
+          ) AS "t9"
+        ) AS "t11"
+        INNER JOIN (
+          SELECT
+            *
+          FROM (
+            SELECT
+              "t21"."person" AS "raw",
+              "t21"."person" AS "owner"
+            FROM "t20" AS "t21"
+          ) AS "t22"
+          UNION ALL
+          SELECT
+            *
+          FROM (
+            SELECT
+              "t1"."alias_key" AS "raw",
+              "t1"."person_key" AS "owner"
+            FROM "one_id_aliases" AS "t1"
+            WHERE
+              "t1"."person_key" IN (
                 SELECT
                   *
-                FROM (
-                  SELECT
-                    "t5"."person_key" AS "stored_key",
-                    0 AS "row_set"
-                  FROM (
-                    SELECT
-                      *
-                    FROM "events" AS "t1"
-                    WHERE
-                      "t1"."event" = 'Application Opened'
-                      AND "t1"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
-                      AND "t1"."timestamp" >= CAST('2026-08-03 09:00:00.000000' AS TIMESTAMP)
-                  ) AS "t5"
-                ) AS "t9"
-                UNION ALL
-                SELECT
-                  *
-                FROM (
-                  SELECT
-                    "t4"."person_key" AS "stored_key",
-                    1 AS "row_set"
-                  FROM (
-                    SELECT
-                      *
-                    FROM "events" AS "t1"
-                    WHERE
-                      "t1"."event" = 'Order Completed'
-                      AND "t1"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
-                  ) AS "t4"
-                ) AS "t8"
-              ) AS "t11"
-              UNION ALL
-              SELECT
-                *
-              FROM (
-                SELECT
-                  "t7"."person_key" AS "stored_key",
-                  2 AS "row_set"
-                FROM (
-                  SELECT
-                    *
-                  FROM "events" AS "t1"
-                  WHERE
-                    "t1"."event" = 'Order Completed'
-                    AND "t1"."timestamp" <= CAST('2026-11-01 09:00:00.000000' AS TIMESTAMP)
-                    AND "t1"."timestamp" >= CAST('2026-10-25 09:00:00.000000' AS TIMESTAMP)
-                    AND COALESCE(ARRAY_CONTAINS("t1"."product_brands", 'Shiseido'), FALSE)
-                ) AS "t7"
-              ) AS "t12"
-            ) AS "t15"
-            INNER JOIN (
-              SELECT
-                *
-              FROM (
-                SELECT
-                  "t26"."person" AS "raw",
-                  "t26"."person" AS "owner"
-                FROM "t25" AS "t26"
-              ) AS "t27"
-              UNION ALL
-              SELECT
-                *
-              FROM (
-                SELECT
-                  "t29"."alias_key" AS "raw",
-                  "t29"."person_key" AS "owner"
-                FROM (
-                  SELECT
-                    *
-                  FROM "one_id_aliases" AS "t0"
-                  WHERE
-                    "t0"."person_key" IN (
-                      SELECT
-                        *
-                      FROM "t25" AS "t26"
-                    )
-                    AND "t0"."alias_key" IS NOT NULL
-                ) AS "t29"
-              ) AS "t30"
-            ) AS "t32"
-              ON "t15"."stored_key" = "t32"."raw"
-          ) AS "t33"
-          GROUP BY
-            1
-        ) AS "t34"
-      ) AS "t36"
-        ON "t24"."person" = "t36"."k_events"
-    ) AS "t37"
-    WHERE
-      COALESCE("t37"."t0" = 'Beijing', FALSE)
-      AND COALESCE(COALESCE("t37"."e1", 0) >= 3.0, FALSE)
-      AND COALESCE(COALESCE("t37"."e2", 0) >= 1.0, FALSE)
-      AND COALESCE("t37"."e3", 0) = 0
-      AND "t37"."person" IS NOT NULL
-  ) AS "t38"
+                FROM "t20"
+              )
+              AND "t1"."alias_key" IS NOT NULL
+          ) AS "t23"
+        ) AS "t25"
+          ON "t11"."stored_key" = "t25"."raw"
+      ) AS "t26"
+      GROUP BY
+        1
+    ) AS "t28"
+      ON "t19"."person" = "t28"."person"
+  ) AS "t29"
+  WHERE
+    COALESCE("t29"."t0" = 'Beijing', FALSE)
+    AND COALESCE(COALESCE("t29"."e1", 0) >= 3.0, FALSE)
+    AND COALESCE(COALESCE("t29"."e2", 0) >= 1.0, FALSE)
+    AND COALESCE("t29"."e3", 0) = 0
+    AND "t29"."person" IS NOT NULL
 ) AS "m"
 INNER JOIN "person_keys" AS "k"
   ON "m"."person_key" = "k"."person_key"
