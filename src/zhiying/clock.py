@@ -10,6 +10,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
+def naive_utc(at: datetime) -> datetime:
+    """``at`` as the naive UTC datetime the warehouse stores; a naive ``at`` is read as UTC."""
+    tz = at.tzinfo
+    if tz is None:
+        return at
+    if tz is UTC:  # the common case, no offset arithmetic
+        return at.replace(tzinfo=None)
+    offset = at.utcoffset()
+    return at.replace(tzinfo=None) - offset if offset else at.replace(tzinfo=None)
+
+
 class Clock(Protocol):
     def now(self) -> datetime:
         """The current instant, timezone-aware, in UTC."""

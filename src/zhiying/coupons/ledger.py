@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
+from zhiying.clock import naive_utc
 from zhiying.coupons.bulk import bulk_insert
 from zhiying.store.tables import coupon_ledger, coupon_templates
 from zhiying.warehouse.base import Warehouse
@@ -138,10 +139,6 @@ def _entry(r: Any) -> LedgerEntry:
     )
 
 
-def _naive_utc(at: datetime) -> datetime:
-    return at.astimezone(UTC).replace(tzinfo=None)
-
-
 def events_table(
     entries: Iterable[LedgerEntry], templates: dict[str, tuple[str, str]], received_at: datetime
 ) -> pa.Table:
@@ -152,7 +149,7 @@ def events_table(
     ``to_state``, ``reason`` and money as integers in minor units (``face_value_minor``
     or ``discount_minor``); a partial refund adds ``lines`` (the refunded line ids).
     """
-    recv = _naive_utc(received_at)
+    recv = naive_utc(received_at)
     cols: dict[str, list[Any]] = {
         n: [] for n in ("message_id", "event", "one_id", "timestamp", "order_id", "coupon")
     }
@@ -190,7 +187,7 @@ def events_table(
             tail = shapes[shape] = orjson.dumps(props).decode()[1:]
         at = times.get(e.at)
         if at is None:
-            at = times[e.at] = _naive_utc(e.at)
+            at = times[e.at] = naive_utc(e.at)
         cols["message_id"].append(f"coupon:{e.code}:{e.seq}")
         cols["event"].append(EVENT_NAMES[e.action])
         cols["one_id"].append(e.one_id)
@@ -256,8 +253,8 @@ def issued_events_table(
         "type": pa.repeat("track", n),
         "source": pa.repeat("coupons", n),
         "channel": pa.repeat("server", n),
-        "timestamp": pa.repeat(pa.scalar(_naive_utc(at), TS), n),
-        "received_at": pa.repeat(pa.scalar(_naive_utc(received_at), TS), n),
+        "timestamp": pa.repeat(pa.scalar(naive_utc(at), TS), n),
+        "received_at": pa.repeat(pa.scalar(naive_utc(received_at), TS), n),
     }
     arrays = []
     for f in EVENTS:

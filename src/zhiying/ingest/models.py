@@ -47,6 +47,7 @@ from typing import Any, Final
 import orjson
 import pyarrow as pa
 
+from zhiying.clock import naive_utc
 from zhiying.identity.identifiers import (
     DEVICE_ID,
     EMAIL,
@@ -139,17 +140,7 @@ class BatchContext:
         )
         object.__setattr__(self, "latest_utc", self.received_utc + MAX_FUTURE)
         sent = self.sent_at
-        object.__setattr__(self, "sent_utc", None if sent is None else _naive_utc(sent))
-
-
-def _naive_utc(at: datetime) -> datetime:
-    tz = at.tzinfo
-    if tz is None:
-        return at
-    if tz is UTC:  # "...Z": the common case, no offset arithmetic
-        return at.replace(tzinfo=None)
-    offset = at.utcoffset()
-    return at.replace(tzinfo=None) - offset if offset else at.replace(tzinfo=None)
+        object.__setattr__(self, "sent_utc", None if sent is None else naive_utc(sent))
 
 
 def _json(value: object) -> str:
@@ -197,7 +188,7 @@ def parse_timestamp(value: object) -> datetime:
         raise ValueError(
             f"not an ISO-8601 date-time: {value[:40]!r} (e.g. 2026-11-01T09:00:00.000Z)"
         ) from None
-    return _naive_utc(at)
+    return naive_utc(at)
 
 
 def _timestamp(msg: Mapping[str, Any], key: str, errors: _Errors) -> datetime | None:
@@ -641,7 +632,7 @@ def _fast_timestamp(value: object) -> datetime:
         return at
     if tz is UTC:
         return at.replace(tzinfo=None)
-    return _naive_utc(at)
+    return naive_utc(at)
 
 
 def _fast_identifier(

@@ -20,6 +20,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from zhiying.clock import naive_utc
 from zhiying.segments.compiler import (
     PRODUCT_FIELDS,
     PRODUCTS_PREFIX,
@@ -78,13 +79,9 @@ def _latest(
         store[name] = (when, row)
 
 
-def _naive(at: datetime) -> datetime:
-    return to_utc(at).replace(tzinfo=None)
-
-
 class _Evaluator:
     def __init__(self, data: Dataset, at: datetime, catalog: Catalog) -> None:
-        self.at = _naive(at)
+        self.at = naive_utc(at)
         self.at_aware = to_utc(at)
         self.catalog = catalog
         self.people: dict[str, _Person] = {}
@@ -127,9 +124,9 @@ class _Evaluator:
         if window is None:
             return True
         start, end = window.bounds(self.at_aware)
-        if ts < _naive(start):
+        if ts < naive_utc(start):
             return False
-        return end is None or ts < _naive(end)
+        return end is None or ts < naive_utc(end)
 
     def matching(
         self, p: _Person, event: str, where: Iterable[PropertyFilter], window: Window | None
@@ -358,10 +355,10 @@ def _event_time(ev: _Evaluator, rule: EventTimeCondition, p: _Person) -> bool:
     ts = min(times) if rule.which == "first" else max(times)
     if rule.op == "before":
         assert rule.value is not None
-        return ts < _naive(rule.value)
+        return ts < naive_utc(rule.value)
     if rule.op == "after":
         assert rule.value is not None
-        return ts > _naive(rule.value)
+        return ts > naive_utc(rule.value)
     inside = ev.in_window(ts, rule.window)
     return inside if rule.op == "within" else not inside
 
@@ -369,7 +366,7 @@ def _event_time(ev: _Evaluator, rule: EventTimeCondition, p: _Person) -> bool:
 def _segment(ev: _Evaluator, rule: SegmentCondition, p: _Person) -> bool:
     if rule.source == "snapshot":
         taken = ev.catalog.latest_snapshot(rule.segment, ev.at_aware)
-        return taken is not None and (rule.segment, _naive(taken)) in p.snapshots
+        return taken is not None and (rule.segment, naive_utc(taken)) in p.snapshots
     other = ev.catalog.segment_rule(rule.segment)
     if other is None or rule.segment in ev._stack:
         raise ValueError(f"cannot evaluate segment {rule.segment!r}")

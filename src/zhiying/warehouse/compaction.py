@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
 
+from zhiying.clock import naive_utc
 from zhiying.warehouse.base import Warehouse, WarehouseError
 from zhiying.warehouse.duckdb_engine import DuckDBWarehouse
 from zhiying.warehouse.events import EVENT_WRITER
@@ -78,7 +79,7 @@ class Layout:
             return False
         if self.tail_rows >= min_rows or self.last_compacted_at is None:
             return True
-        return _naive_utc(now) - self.last_compacted_at >= max_age
+        return naive_utc(now) - self.last_compacted_at >= max_age
 
 
 def layout(warehouse: Warehouse) -> Layout | None:
@@ -127,7 +128,7 @@ def compact_events(warehouse: Warehouse, now: datetime, *, min_rows: int = 1) ->
         seconds = time.perf_counter() - started
         record = pa.table(
             {
-                "compacted_at": [_naive_utc(now)],
+                "compacted_at": [naive_utc(now)],
                 "through_rowid": [through],
                 "sorted_rows": [total],
                 "rows": [moved],
@@ -168,8 +169,3 @@ def _ints(row: tuple[Any, ...] | None) -> list[int]:
     """A fetched row of counts as ints (``max(rowid)`` of an empty table: -1)."""
     assert row is not None
     return [-1 if v is None else int(v) for v in row]
-
-
-def _naive_utc(at: datetime) -> datetime:
-    """The warehouse's timestamps are naive UTC (``schema``)."""
-    return at if at.tzinfo is None else at.astimezone(UTC).replace(tzinfo=None)
