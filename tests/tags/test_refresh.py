@@ -14,6 +14,7 @@ from zhiying.profiles.tags.models import (
     DynamicTag,
     EventFilter,
     EventSelector,
+    ProductFilter,
     SemiStaticTag,
     StaticTag,
     TagDefinition,
@@ -288,3 +289,42 @@ def test_distinct_counts_apply_the_window_and_give_zero_without_events(
     assert got[("u1", "categories_30d")] == (None, 2.0)  # books, toys
     assert got[("u2", "channels_30d")] == (None, 0.0)
     assert got[("u2", "categories_30d")] == (None, 0.0)
+
+
+def test_a_product_filter_keeps_events_with_some_product_of_those_values(
+    wh_stores: Stores,
+) -> None:
+    insert_events(
+        wh_stores.warehouse,
+        [
+            event("u1", ago(5), products=[("books", 1)]),
+            event("u1", ago(4), products=[("music", 1), ("books", 2)]),
+            event("u1", ago(3), products=[("music", 1)]),
+            event("u1", ago(2)),  # no products
+            event("u2", ago(2), products=[(None, 1), ("toys", 1)]),  # type: ignore[list-item]
+            event("u2", ago(1), products=[("garden", 1)]),
+        ],
+    )
+    books = ProductFilter(field="category", values=["books"])
+    either = ProductFilter(field="category", values=["garden", "books"])
+    service.define_tags(
+        wh_stores,
+        [
+            DynamicTag(
+                name="book_orders",
+                where=EventSelector(events=["Order Completed"], products=books),
+                aggregate="count",
+            ),
+            DynamicTag(
+                name="book_or_garden_orders",
+                where=EventSelector(events=["Order Completed"], products=either),
+                aggregate="count",
+            ),
+        ],
+    )
+    service.refresh(wh_stores)
+    got = values(wh_stores)
+    assert got[("u1", "book_orders")] == (None, 2.0)
+    assert got[("u2", "book_orders")] == (None, 0.0)
+    assert got[("u1", "book_or_garden_orders")] == (None, 2.0)
+    assert got[("u2", "book_or_garden_orders")] == (None, 1.0)

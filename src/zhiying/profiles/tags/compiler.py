@@ -19,6 +19,8 @@ from aggregate to function; nothing loops over rows in Python.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,7 +43,7 @@ from zhiying.profiles.tags.sources import (
     resolved_traits,
     with_one_id,
 )
-from zhiying.warehouse.schema import Dialect
+from zhiying.warehouse.schema import PRODUCT_LISTS, Dialect
 
 LONG_COLUMNS = ("one_id", "tag", "value", "number", "computed_at")
 
@@ -85,7 +87,14 @@ def selector_predicate(t: ir.Table, selector: EventSelector) -> ir.BooleanValue:
     preds.extend(_filter_predicate(t, f) for f in selector.filters)
     if selector.products is not None:
         pf = selector.products
-        preds.append(t.products.map(lambda p: p[pf.field].isin(pf.values)).anys())
+        listed = PRODUCT_LISTS.get(pf.field)
+        if listed is not None:
+            # The stored list of that field (``product_categories``, schema.DERIVED):
+            # DuckDB then decodes one list instead of every field of every product.
+            found = [t[listed].contains(value) for value in pf.values]
+            preds.append(functools.reduce(operator.or_, found))
+        else:
+            preds.append(t.products.map(lambda p: p[pf.field].isin(pf.values)).anys())
     if not preds:
         return ibis.literal(True)
     combined = preds[0]

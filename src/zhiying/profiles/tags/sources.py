@@ -21,7 +21,8 @@ import ibis.expr.types as ir
 import pyarrow as pa
 
 from zhiying.warehouse.schema import (
-    EVENTS,
+    DERIVED,
+    EVENTS_STORED,
     LAYER_VALUES,
     ONE_ID_ALIASES,
     PERSON_KEYS,
@@ -44,13 +45,14 @@ EVENT_COLUMNS = (
     "currency",
     "coupon",
     "products",
+    *(d.name for d in DERIVED["events"]),  # the products' brands and categories as lists
 )
 
 
 def table(name: str) -> ir.Table:
     """An unbound ibis table for one of our warehouse tables."""
     schemas = {
-        "events": EVENTS,
+        "events": EVENTS_STORED,  # with the derived product lists (schema.DERIVED)
         "one_id_aliases": ONE_ID_ALIASES,
         "trait_updates": TRAIT_UPDATES,
         "tag_values": TAG_VALUES,
