@@ -149,10 +149,9 @@ FROM (
   ) AS "t29"
   WHERE
     COALESCE("t29"."t0" = 'Beijing', FALSE)
-    AND COALESCE(COALESCE("t29"."e1", 0) >= 3.0, FALSE)
-    AND COALESCE(COALESCE("t29"."e2", 0) >= 1.0, FALSE)
+    AND COALESCE(COALESCE("t29"."e1", 0) >= 3, FALSE)
+    AND COALESCE(COALESCE("t29"."e2", 0) >= 1, FALSE)
     AND COALESCE("t29"."e3", 0) = 0
-    AND isNotNull("t29"."person")
 ) AS "m"
 INNER JOIN "person_keys" AS "k"
   ON "m"."person_key" = "k"."person_key"
