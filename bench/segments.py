@@ -636,6 +636,7 @@ def main() -> None:
     print(header)
     ratios = []
     planned_ratios: list[float] = []
+    speedups: list[float] = []
     for i, (name, rule, hand_sql) in enumerate(cases):
 
         def ours(rule: Rule = rule) -> Members:
@@ -679,6 +680,8 @@ def main() -> None:
                 pd_set = member_set(pd_members)
                 assert pd_set == got, f"pandas {name}: {len(pd_set)} != {len(got)}"
                 line += f" {t_pd.wall:>7.2f} {t_pd.wall / t_ours.wall:>7.1f}x"
+                if fns is pandas_fns:
+                    speedups.append(t_pd.wall / t_ours.wall)
         if ch is not None:
 
             def on_chdb(rule: Rule = rule, wh: Warehouse = ch) -> Members:
@@ -691,6 +694,11 @@ def main() -> None:
             line += f" {t_ch.wall:>7.3f}"
         print(line, flush=True)
     print(f"median zhiying / hand SQL: {statistics.median(ratios):.2f}x (compiling every run)")
+    within = sum(r <= 1.5 for r in ratios)
+    print(f"target ≤ 1.5x the hand SQL, compile included: {within} of {len(ratios)} segments")
+    if speedups:
+        fast = sum(s >= 10 for s in speedups)
+        print(f"target ≥ 10x faster than pandas: {fast} of {len(speedups)} segments")
     t_struct, _ = best(lambda: con.sql(FANS_STRUCT_SQL).to_arrow_table())
     print(
         f"bought Shiseido at least twice, hand SQL over the products structs: "
