@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from zhiying.cli.main import app
@@ -11,7 +13,9 @@ from zhiying.cli.main import app
 runner = CliRunner()
 
 
-def test_demo_prints_the_summary_and_next_steps_and_can_run_twice(tmp_path: Path) -> None:
+def test_demo_prints_the_summary_and_next_steps_and_can_run_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data_dir = tmp_path / "demo"
     args = ["demo", "--users", "60", "--days", "2", "--seed", "5", "--data-dir", str(data_dir)]
     result = runner.invoke(app, args)
@@ -20,6 +24,7 @@ def test_demo_prints_the_summary_and_next_steps_and_can_run_twice(tmp_path: Path
         assert text in result.output
     assert f"ZHIYING_DATA_DIR={data_dir} zhiying profile show user_id:m" in result.output
     assert (data_dir / "warehouse.duckdb").exists()
+    _runs_the_printed_segment_preview(result.output, data_dir, monkeypatch)
 
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
@@ -27,6 +32,21 @@ def test_demo_prints_the_summary_and_next_steps_and_can_run_twice(tmp_path: Path
     # A fresh run, not a second copy: the same events count as the first time.
     first_count = _stored(result.output)
     assert first_count > 0 and _stored(again.output) == first_count
+
+
+def _runs_the_printed_segment_preview(
+    output: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The suggested preview of the seed segment runs as printed (from the repository
+    root, as `make demo` does) and counts as of the simulated period's end."""
+    line = next(line for line in output.splitlines() if "zhiying segment preview" in line)
+    args = shlex.split(line.split(" zhiying ", 1)[1])
+    assert args[args.index("--at") + 1] == "2022-01-08T00:00:00+08:00"
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    monkeypatch.setenv("ZHIYING_DATA_DIR", str(data_dir))
+    preview = runner.invoke(app, args)
+    assert preview.exit_code == 0, preview.output
+    assert "people as of 2022-01-07T16:00:00+00:00" in preview.output
 
 
 def _stored(output: str) -> int:

@@ -110,14 +110,27 @@ def print_summary(summary: DemoSummary, out: Console = console) -> None:
     out.print(channels)
 
 
+SEED_SEGMENT = "docs/examples/segments/beijing-loyal.json"
+"""The issue's seed segment, as the repository holds it (``make demo`` runs at its root)."""
+
+
 def print_next_steps(data_dir: Path, summary: DemoSummary) -> None:
-    """Three commands to try on the demo's data (unwrapped, so they copy and paste)."""
+    """Commands to try on the demo's data (unwrapped, so they copy and paste).
+
+    The segment preview passes ``--at``: the simulated period ends on a fixed day
+    (``simulate.DEFAULT_END``, for the product story's anomaly), and relative
+    windows such as "the last 90 days" count back from ``--at``, not from today."""
     env = f"ZHIYING_DATA_DIR={data_dir}"
     who = f"user_id:{summary.example_user_id or 'm100001'}"
-    console.print("\n[bold]Try next[/bold] (the member who ordered most, then the API):")
+    at = summary.period_end.astimezone(ZoneInfo(TIME_ZONE)).isoformat()
+    console.print(
+        "\n[bold]Try next[/bold] (the member who ordered most, the seed segment as of the "
+        "period's end, then the API):"
+    )
     for command in (
         f"{env} zhiying profile show {who}",
         f"{env} zhiying events count --event 'Order Completed'",
+        f"{env} zhiying segment preview {SEED_SEGMENT} --at {at} --sample 3",
         f"{env} zhiying serve",
     ):
         console.print("  " + command, soft_wrap=True, markup=False, highlight=False)
