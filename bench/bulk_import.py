@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bulk_import [--events N] [--skip-store] [--before]
                                           [--per-batch] [--only parquet|jsonl]
-                                          [--identity-from REV]
+                                          [--identity-from REV] [--read-from REV]
                                                           (default N = 5,000,000)
 
 ``--skip-store`` measures read + map + validate only (no ``store_events``), the part
@@ -13,6 +13,10 @@ resolved once for the whole file (``resolve_import``), then ``store_events`` per
 imports each file with ``resolve_import`` and the ``zhiying.identity`` modules as they
 were at git revision ``REV`` (read with ``git show``; the rest of the code is this
 tree's), first, in the same run: an A/B of identity work on the same file.
+``--read-from REV`` also times read + map + validate with ``zhiying.ingest.bulk``,
+``bulk_rules`` and ``bulk_sql`` as they were at ``REV``, alternating with this tree's on
+the same file (CPU seconds of this process, reader thread included): an A/B of the
+first pass.
 
 Generates N events (≈ 200k users with one or two devices each; 55 % track with products
 on orders, 35 % page, 10 % identify with an e-mail trait; 20 % of tracks and pages come
@@ -148,11 +152,39 @@ def floor(parquet: Path, out: Path) -> float:
     return time.perf_counter() - started
 
 
-def validate_only(path: Path) -> float:
+def read_from(rev: str) -> Callable[..., Any]:
+    """``checked_chunks`` as of git revision ``rev``: that revision's ``ingest.bulk``,
+    ``bulk_rules`` and ``bulk_sql`` loaded under a private package name (the rest of
+    the code is this tree's), for A/B runs of the first pass."""
+    prefix = f"zy_read_{rev.replace('-', '_').replace('.', '_')[:12]}"
+    package = types.ModuleType(prefix)
+    package.__path__ = []
+    sys.modules[prefix] = package
+    module = package
+    for name in ("bulk_rules", "bulk_sql", "bulk"):
+        source = subprocess.run(
+            ["git", "show", f"{rev}:src/zhiying/ingest/{name}.py"],
+            cwd=_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for own in ("bulk_rules", "bulk_sql"):
+            source = source.replace(f"zhiying.ingest.{own} ", f"{prefix}.{own} ")
+        module = types.ModuleType(f"{prefix}.{name}")
+        module.__file__ = f"{rev}:src/zhiying/ingest/{name}.py"
+        sys.modules[module.__name__] = module
+        exec(compile(source, module.__file__, "exec"), module.__dict__)
+        setattr(package, name, module)
+    checked: Callable[..., Any] = module.checked_chunks
+    return checked
+
+
+def validate_only(path: Path, checked: Callable[..., Any] = checked_chunks) -> float:
     """Seconds to read, map and validate every row (streamed in chunks, nothing stored)."""
     started = time.perf_counter()
     rows = 0
-    for chunk in checked_chunks(path, received_at=NOW):
+    for chunk in checked(path, received_at=NOW):
         bad = chunk.filter(chunk.column("__bad"))
         assert bad.num_rows == 0, rejection_rows(bad).slice(0, 3).to_pylist()
         rows += chunk.num_rows
@@ -253,9 +285,16 @@ def main() -> None:
         help="also import each file with resolve_import and zhiying.identity as of git "
         "revision REV (the rest as in this tree), first, in the same run",
     )
+    parser.add_argument(
+        "--read-from",
+        metavar="REV",
+        help="also time read + map + validate with ingest.bulk, bulk_rules and bulk_sql as "
+        "of git revision REV, alternating with this tree's on the same file",
+    )
     args = parser.parse_args()
     n = args.legacy_n or args.events
     old_resolve = identity_from(args.identity_from) if args.identity_from else None
+    old_checked = read_from(args.read_from) if args.read_from else None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         t = time.perf_counter()
@@ -274,6 +313,15 @@ def main() -> None:
         for label, path in (("parquet", parquet), ("jsonl", jsonl)):
             if args.only and label != args.only:
                 continue
+            if old_checked is not None:
+                for tag, checked in ((f"@{args.read_from}", old_checked), ("", checked_chunks)):
+                    cpu = time.process_time()
+                    v = validate_only(path, checked)
+                    what = f"read+map+validate{tag}:"
+                    print(
+                        f"{label:7s} {what:34s} {n / v:>12,.0f} events/s ({v:.1f} s; "
+                        f"{time.process_time() - cpu:.1f} s CPU; load {os.getloadavg()[0]:.1f})"
+                    )
             v = validate_only(path)
             print(
                 f"{label:7s} read+map+validate only:            {n / v:>12,.0f} events/s "

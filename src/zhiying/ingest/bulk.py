@@ -50,6 +50,7 @@ from zhiying.ingest.bulk_rules import (
 )
 from zhiying.ingest.bulk_sql import (
     Column,
+    MappedPlan,
     default_mapping,
     mapped_parts_sql,
     segment_parts_sql,
@@ -58,13 +59,14 @@ from zhiying.ingest.bulk_sql import (
 from zhiying.ingest.mapping import FileFormat, ImportKind, Mapping, guess_format
 from zhiying.ingest.person_keys import key_resolution, person_keys
 from zhiying.ingest.pipeline import (
+    ImportBatch,
     StoreResult,
     identity_cache,
     store_event_batches,
     store_events,
 )
 from zhiying.runtime import Stores
-from zhiying.warehouse.events import EVENT_WRITER, unseen_rows
+from zhiying.warehouse.events import DedupMark, hold_event_writer, unseen_rows_hashed
 from zhiying.warehouse.schema import EVENTS
 
 DEFAULT_CHUNK_SIZE = 1_000_000
@@ -77,6 +79,10 @@ keeps the memory of a batch under ≈ 3 GB. (Resolving inside each batch, the
 ``identity_per_batch`` path, re-reads every person the batch names, so there
 fewer, larger batches cost less: 1.5M events took 98 s CPU in 250k-row batches,
 63 s in 1M.)"""
+FIRST_STORE_BATCH = 250_000
+"""The first store batch holds at most this many rows: nothing overlaps its keys and
+traits (each later batch's overlap the append of the one before), so a small first
+batch starts the appends sooner."""
 RejectsFormat = Literal["csv", "jsonl"]
 
 
@@ -143,7 +149,9 @@ def import_file(
     temporary Arrow file; identities are resolved for the whole file in one
     transaction (:func:`resolve_import`); then the rows are stored
     ``store_batch`` rows per ``store_events`` call (one transaction each) with
-    their ONE_IDs. ``identity_per_batch`` resolves inside each ``store_events``
+    their ONE_IDs and person keys, holding the event-writer lock throughout, so
+    that the file's dedup stays true and is not made again per batch
+    (``pipeline.store_event_batches``). ``identity_per_batch`` resolves inside each ``store_events``
     call instead (the path before, kept for comparison: each batch re-reads
     the people it names).
     """
@@ -191,23 +199,27 @@ def import_file(
             finally:
                 rejects.close()
         # Identity once for the whole file, then pass 2: store with the ONE_IDs known.
-        identity = ImportIdentity(pa.array([], pa.string()), 0, 0)
-        if not identity_per_batch:
-            identity = resolve_import(stores, spill.identity())
-        merges, conflicts = identity.merges, identity.conflicts
-        results: Iterator[StoreResult]
-        if identity_per_batch:
-            results = (store_events(stores, batch) for batch in spill.batches(store_batch))
-        else:
-            # Each batch's DuckDB append overlaps the next batch's dedup and keys.
-            results = store_event_batches(stores, _with_one_ids(spill, store_batch, identity))
-        for result in results:
-            inserted += result.inserted
-            duplicates += result.duplicates
-            merges += result.merges
-            conflicts += result.conflicts
-            if progress is not None:
-                progress(Progress(read, inserted, duplicates, rejected))
+        # The event-writer lock is held from the whole-file dedup in ``resolve_import``
+        # to the last append, so the store pass need not deduplicate again
+        # (``pipeline.store_event_batches``, ``warehouse.events.WriterHold``).
+        with hold_event_writer():
+            identity = ImportIdentity(pa.array([], pa.string()), 0, 0)
+            if not identity_per_batch:
+                identity = resolve_import(stores, spill.identity())
+            merges, conflicts = identity.merges, identity.conflicts
+            results: Iterator[StoreResult]
+            if identity_per_batch:
+                results = (store_events(stores, batch) for batch in spill.batches(store_batch))
+            else:
+                # Each batch's DuckDB append overlaps the next batch's keys and traits.
+                results = store_event_batches(stores, _with_one_ids(spill, store_batch, identity))
+            for result in results:
+                inserted += result.inserted
+                duplicates += result.duplicates
+                merges += result.merges
+                conflicts += result.conflicts
+                if progress is not None:
+                    progress(Progress(read, inserted, duplicates, rejected))
     return ImportReport(
         path=path,
         kind=kind,
@@ -225,14 +237,29 @@ def import_file(
     )
 
 
-def _with_one_ids(
-    spill: _Spill, size: int, identity: ImportIdentity
-) -> Iterator[tuple[pa.Table, pa.Array | None]]:
-    """The spilled rows in batches of ``size``, each with its slice of the ONE_IDs."""
+def _with_one_ids(spill: _Spill, size: int, identity: ImportIdentity) -> Iterator[ImportBatch]:
+    """The spilled rows in batches of ``size`` (the first one of at most
+    ``FIRST_STORE_BATCH``), each with its slice of the ONE_IDs, person keys and
+    message id hashes, and the mark of the dedup that chose them."""
+    # getattr: ``bench.bulk_import --identity-from`` hands over an older ImportIdentity
+    keys: pa.Array | None = getattr(identity, "keys", None)
+    mark: DedupMark | None = getattr(identity, "mark", None)
+    hashes: np.ndarray | None = getattr(identity, "hashes", None)
     at = 0
-    for batch in spill.batches(size):
-        yield batch, identity.one_ids.slice(at, batch.num_rows)
-        at += batch.num_rows
+    for whole in spill.batches(size):
+        pieces = [whole]
+        if at == 0 and whole.num_rows > FIRST_STORE_BATCH:
+            pieces = [whole.slice(0, FIRST_STORE_BATCH), whole.slice(FIRST_STORE_BATCH)]
+        for batch in pieces:
+            n = batch.num_rows
+            yield ImportBatch(
+                batch,
+                identity.one_ids.slice(at, n),
+                None if keys is None else keys.slice(at, n),
+                mark,
+                None if hashes is None else hashes[at : at + n],
+            )
+            at += n
 
 
 IDENTITY_COLUMNS: Final = (
@@ -250,11 +277,19 @@ IDENTITY_COLUMNS: Final = (
 @dataclass(frozen=True)
 class ImportIdentity:
     """The ONE_ID of every valid row of a file (null for a row ``store_events`` will drop
-    as a duplicate), and what resolving them merged and met as conflicts."""
+    as a duplicate), and what resolving them merged and met as conflicts.
+
+    ``keys``: the person key of each ONE_ID (committed with them); ``mark``: the
+    whole-file dedup, made under the event-writer hold (``WriterHold.mark``), that
+    the store pass may trust while the hold lasts; ``hashes``: each row's message id
+    hash from that dedup (0 for a dropped row), for the store pass's bookkeeping."""
 
     one_ids: pa.Array
     merges: int
     conflicts: int
+    keys: pa.Array | None = None
+    mark: DedupMark | None = None
+    hashes: np.ndarray | None = None
 
 
 def resolve_import(stores: Stores, rows: pa.Table) -> ImportIdentity:
@@ -281,12 +316,13 @@ def resolve_import(stores: Stores, rows: pa.Table) -> ImportIdentity:
         return ImportIdentity(pa.array([], pa.string()), 0, 0)
     rows = rows.select(list(IDENTITY_COLUMNS))
     warehouse = stores.warehouse
-    with EVENT_WRITER:
+    with hold_event_writer() as hold:
         now = stores.clock.now()
         dedup_since = now - timedelta(days=stores.settings.dedup_window_days)
-        fresh, kept = unseen_rows(warehouse, rows, dedup_since)
+        fresh, kept, kept_hashes = unseen_rows_hashed(warehouse, rows, dedup_since)
+        mark = hold.mark()
         if fresh.num_rows == 0:
-            return ImportIdentity(pa.nulls(total, pa.string()), 0, 0)
+            return ImportIdentity(pa.nulls(total, pa.string()), 0, 0, mark=mark)
         cache = identity_cache(stores.engine)
         keys = person_keys(stores.engine)
         keys.reserve(stores.engine, 2 * fresh.num_rows)
@@ -297,8 +333,16 @@ def resolve_import(stores: Stores, rows: pa.Table) -> ImportIdentity:
         keys.remember(assigned.learned)
     position = np.full(total, -1, dtype=np.int64)
     position[kept] = np.arange(len(kept), dtype=np.int64)
-    one_ids = resolution.one_ids.take(pa.array(position, mask=position < 0))
-    return ImportIdentity(one_ids, resolution.merges, resolution.conflicts)
+    at = pa.array(position, mask=position < 0)
+    one_ids = resolution.one_ids.take(at)
+    key_of_row = assigned.keys.take(at)
+    hashes = None
+    if kept_hashes is not None:
+        hashes = np.zeros(total, dtype=np.uint64)
+        hashes[kept] = kept_hashes
+    return ImportIdentity(
+        one_ids, resolution.merges, resolution.conflicts, key_of_row, mark, hashes
+    )
 
 
 class _Spill:
@@ -366,12 +410,23 @@ class _Checked:
     parts is registered as ``__parts`` and checked by a second query that scans it
     three times (main rules, product lines, identifier candidates), which is why
     the parts are materialised per chunk as Arrow rather than re-read from the file.
+    With a ``raw_lookup`` (Parquet) the parts do not carry the source rows: the raw
+    text of a chunk's rejected rows is read back from the file by row number.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, parts_sql: str, checked_sql: str) -> None:
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        parts_sql: str,
+        checked_sql: str,
+        raw_lookup: str | None = None,
+        read_ahead: bool = False,
+    ) -> None:
         self._con = con
         self._parts_sql = parts_sql
         self._checked_sql = checked_sql
+        self._raw_lookup = raw_lookup
+        self._read_ahead = read_ahead
 
     def empty(self) -> pa.Table:
         """The checked columns with no rows."""
@@ -380,9 +435,15 @@ class _Checked:
 
     def chunks(self, size: int, first: int | None = None) -> Iterator[pa.Table]:
         """Checked tables of ``first`` (default ``size``), then ``size`` rows, in file order
-        (none for an empty file)."""
+        (none for an empty file).
+
+        With ``read_ahead`` (text files) the parts of the next chunk are read by a thread
+        of their own while the current one is checked: reading JSONL (lines, then one
+        JSON parse per line) runs on one core, the checks on the others (5M JSONL
+        events: 24.6 → 19.5 s, the same CPU). Parquet is read in parallel already."""
         reader = self._con.sql(self._parts_sql).to_arrow_reader(_BATCH)
-        return self._check(_chunks(reader, size, first))
+        parts = _chunks(reader, size, first)
+        return self._check(_read_ahead(parts) if self._read_ahead else parts)
 
     def _check(self, parts_chunks: Iterator[pa.Table]) -> Iterator[pa.Table]:
         cur = self._con.cursor()
@@ -395,11 +456,50 @@ class _Checked:
                     cur.unregister("__parts")
                 cur.register("__parts", side)
                 try:
-                    yield cur.sql(self._checked_sql).to_arrow_table()
+                    checked = cur.sql(self._checked_sql).to_arrow_table()
                 finally:
                     cur.unregister("__parts")
+                if self._raw_lookup is not None:
+                    checked = _with_raw(cur, checked, self._raw_lookup)
+                yield checked
         finally:
+            close = getattr(parts_chunks, "close", None)
+            if close is not None:
+                close()  # stops a read-ahead thread before the connection closes
             cur.close()
+
+
+def _with_raw(cur: duckdb.DuckDBPyConnection, checked: pa.Table, lookup: str) -> pa.Table:
+    """``checked`` with ``__raw`` filled for its rejected rows from ``lookup``
+    (``(__row, __src)`` over the source). The filter on the chunk's row range reaches
+    the Parquet reader, which reads only the row groups holding them. The source row
+    goes through Arrow before ``to_json``, as it does on the path that carries it in
+    the parts (Arrow turns JSON columns into text, for one), so the texts are the same."""
+    bad = checked.column("__bad").combine_chunks()
+    if not bad.true_count:
+        return checked
+    rows = checked.column("__row").filter(bad).combine_chunks()
+    lo, hi = (int(v.as_py()) for v in pc.min_max(rows).values())
+    cur.register("__bad_rows", pa.table({"__row": rows}))
+    try:
+        found = cur.sql(
+            f"SELECT __row, __src FROM ({lookup}) WHERE __row BETWEEN {lo} AND {hi} "
+            "AND __row IN (SELECT __row FROM __bad_rows)"
+        ).to_arrow_table()
+    finally:
+        cur.unregister("__bad_rows")
+    cur.register("__found", found)
+    try:
+        texts = cur.sql(
+            "SELECT __row, to_json(__src)::VARCHAR AS __raw FROM __found ORDER BY __row"
+        ).to_arrow_table()
+    finally:
+        cur.unregister("__found")
+    at = np.searchsorted(texts.column("__row").to_numpy(), rows.to_numpy())
+    column = checked.column("__raw")
+    raw = texts.column("__raw").combine_chunks().take(at).cast(column.type)
+    filled = pc.replace_with_mask(column.combine_chunks(), bad, raw)
+    return checked.set_column(checked.schema.get_field_index("__raw"), "__raw", filled)
 
 
 def with_side_results(cur: duckdb.DuckDBPyConnection, parts: pa.Table) -> pa.Table:
@@ -407,16 +507,59 @@ def with_side_results(cur: duckdb.DuckDBPyConnection, parts: pa.Table) -> pa.Tab
     identifier results aligned to its rows, as :func:`checked_select` expects.
 
     Those two relations list only the few rows that have products or identifier
-    candidates; they are aligned by ``__row`` in Arrow (a hash lookup and a take),
-    so the main query stays a streaming projection that keeps the file's order."""
-    rows = parts.column("__row")
-    for prefix, sql in (("__pa", products_sql), ("__ia", identifiers_sql)):
-        side = cur.sql(sql("SELECT * FROM __parts")).to_arrow_table()
-        at = pc.index_in(rows, value_set=side.column("__row").combine_chunks())
-        for name in ("items", "errors"):
-            column = side.column(name).combine_chunks()
-            parts = parts.append_column(f"{prefix}_{name}", pc.take(column, at))
+    candidates, one row per element, ordered by ``__row``; each message's lists are
+    cut out of them in Arrow (``_RowIndex``: a binary search of their row numbers
+    among the parts', no hash join, no ordered ``list()`` aggregate), so the main query stays
+    a streaming projection that keeps the file's order. A row they do not list gets
+    empty lists."""
+    rows = _RowIndex(parts.column("__row").to_numpy())
+    products = cur.sql(products_sql("SELECT * FROM __parts")).to_arrow_table()
+    idents = cur.sql(identifiers_sql("SELECT * FROM __parts")).to_arrow_table()
+    p_rows = products.column("__row").to_numpy()
+    i_rows = idents.column("__row").to_numpy()
+    errs = products.column("err").combine_chunks()
+    columns = {
+        "__pa_items": rows.lists(p_rows, products.column("item").combine_chunks()),
+        # each element's errors, flattened: their rows are their elements' rows
+        "__pa_errors": rows.lists(
+            p_rows[pc.list_parent_indices(errs).to_numpy()], pc.list_flatten(errs), True
+        ),
+        "__ia_items": rows.lists(i_rows, idents.column("item").combine_chunks(), True),
+        "__ia_errors": rows.lists(i_rows, idents.column("err").combine_chunks(), True),
+    }
+    for name, column in columns.items():
+        parts = parts.append_column(name, column)
     return parts
+
+
+class _RowIndex:
+    """The row numbers of a chunk of parts, to cut per-row lists out of side results."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self._n = len(rows)
+        # file order is ascending; grouped orders come in hash order and are sorted here
+        ascending = self._n < 2 or bool(np.all(rows[1:] > rows[:-1]))
+        self._order: np.ndarray | None = None if ascending else np.argsort(rows, kind="stable")
+        self._sorted = rows if self._order is None else rows[self._order]
+
+    def lists(
+        self, side_rows: np.ndarray, values: pa.Array, drop_nulls: bool = False
+    ) -> pa.ListArray:
+        """One list per row of the chunk: the ``values`` whose ``side_rows`` (ascending,
+        aligned with ``values``, each one of the chunk's rows) equal its row number, in
+        their order; NULL values left out when ``drop_nulls``. A row without any gets an
+        empty list."""
+        if drop_nulls and values.null_count:
+            valid = pc.is_valid(values)
+            side_rows = side_rows[valid.to_numpy(zero_copy_only=False)]
+            values = values.filter(valid)
+        at = np.searchsorted(self._sorted, side_rows)  # position of each value's row
+        if self._order is not None:
+            at = self._order[at]
+            values = values.take(np.argsort(at, kind="stable"))
+        offsets = np.zeros(self._n + 1, dtype=np.int32)
+        np.cumsum(np.bincount(at, minlength=self._n), out=offsets[1:])
+        return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 
 _DONE = object()
@@ -490,15 +633,15 @@ def _open_checked(
     try:
         con.execute("SET TimeZone = 'UTC'")
         register_udfs(con, default_region)
-        parts, raw_sql, hash_sql = _parts_sql(con, path, fmt, kind, mapping)
+        plan = _parts_sql(con, path, fmt, kind, mapping)
         sql = checked_select(
             "SELECT * FROM __parts",
             received_at=received_at.astimezone(UTC).replace(tzinfo=None),
             source=f"import:{path.name}",
-            raw_sql=raw_sql,
-            hash_sql=hash_sql,
+            raw_sql=plan.raw_sql,
+            hash_sql=plan.hash_sql,
         )
-        yield con, _Checked(con, parts, sql)
+        yield con, _Checked(con, plan.sql, sql, plan.raw_lookup, read_ahead=fmt != "parquet")
     except duckdb.Error as exc:
         raise ValidationFailed(f"cannot read {path} as {fmt}: {exc}", field="file") from exc
     finally:
@@ -582,8 +725,9 @@ def _parts_sql(
     fmt: FileFormat,
     kind: ImportKind,
     mapping: Mapping | None,
-) -> tuple[str, str, str]:
-    """The parts SQL of the file, and the expressions of a row's raw text and hashed text."""
+) -> MappedPlan:
+    """The parts SQL of the file, the expressions of a row's raw text and hashed text, and
+    (Parquet) the lookup of rejected rows' raw text."""
     if fmt == "jsonl" and mapping is None:
         if kind != "events":
             raise ValidationFailed(
@@ -591,7 +735,7 @@ def _parts_sql(
                 "messages: use `import events`)",
                 field="mapping",
             )
-        return segment_parts_sql(path), "__raw", "__raw"
+        return MappedPlan(segment_parts_sql(path), False, "__raw", "__raw")
     header: list[str] = []
     if fmt == "whitespace":
         header = _first_line(path).split()
@@ -613,8 +757,9 @@ def _parts_sql(
         mapping.traits_from_all_columns or mapping.properties_from_other_columns
     ):
         inferred = _infer_types(con, source, columns, mapping)
-    plan = mapped_parts_sql(source, columns, mapping, kind, inferred)
-    return plan.sql, plan.raw_sql, plan.hash_sql
+    # A Parquet file is re-read by row number for next to nothing (row groups are
+    # skipped by their statistics), so its rows' raw text is read for rejects only.
+    return mapped_parts_sql(source, columns, mapping, kind, inferred, fmt == "parquet")
 
 
 def _first_line(path: Path) -> str:

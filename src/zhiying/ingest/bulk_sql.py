@@ -99,12 +99,15 @@ def lines_sql(path: Path) -> str:
 def segment_parts_sql(path: Path) -> str:
     """Message parts of a JSONL file of Segment messages (blank lines skipped).
 
-    A line that starts with ``{`` is parsed once: its keys are extracted under
-    ``try``, which yields NULL only for malformed JSON. Only the other lines (not
-    objects, or not JSON) are parsed again to tell which.
+    A line that starts with ``{`` is parsed once: its keys are read into a STRUCT of
+    JSON texts (``from_json``; its fields are columns, where the elements of a
+    ``json_extract`` list would be copied out one by one) under ``try``, which yields
+    NULL only for malformed JSON. A key that holds ``null`` reads as SQL NULL, as an
+    absent key does; the rules treat both alike. Only the other lines (not objects,
+    or not JSON) are parsed again to tell which.
     """
-    paths = ", ".join(lit("$." + key) for key, _ in PARTS)
-    parts = ", ".join(f"__j[{i}]::VARCHAR AS {col}" for i, (_, col) in enumerate(PARTS, start=1))
+    shape = "{" + ", ".join(f'"{key}": "JSON"' for key, _ in PARTS) + "}"
+    parts = ", ".join(f"__j.{ident(key)}::VARCHAR AS {col}" for key, col in PARTS)
     size = (
         f"CASE WHEN strlen(line) > {MAX_EVENT_BYTES - _SIZE_MARGIN} AND __valid "
         f"THEN strlen(json(line)) ELSE strlen(line) END"
@@ -117,7 +120,7 @@ def segment_parts_sql(path: Path) -> str:
         f"WHEN __valid THEN json_type(line) END AS __top "
         f"FROM (SELECT line, __row, __j, __j IS NOT NULL OR json_valid(line) AS __valid "
         f"FROM (SELECT line, __row, CASE WHEN {object_start} THEN "
-        f"try(json_extract(line, [{paths}])) END AS __j "
+        f"try(from_json(line, {lit(shape)})) END AS __j "
         f"FROM ({lines_sql(path)}) "
         f"WHERE line IS NOT NULL AND (left(line, 1) = '{{' OR regexp_matches(line, '\\S')))))"
     )
@@ -250,6 +253,10 @@ class MappedPlan:
     grouped: bool
     raw_sql: str = "__raw"
     hash_sql: str = "__hsrc"
+    raw_lookup: str | None = None
+    """When set, the parts carry no source row: this relation ``(__row, __src)`` over the
+    source gives it, to be read for the rejected rows only (``raw_by_lookup``); their raw
+    text is ``to_json(__src)`` of its Arrow form, as when ``__src`` travels in the parts."""
 
 
 _SEGMENT_NAMES = {
@@ -317,6 +324,7 @@ def mapped_parts_sql(
     mapping: Mapping,
     kind: ImportKind,
     inferred: dict[str, str] | None = None,
+    raw_by_lookup: bool = False,
 ) -> MappedPlan:
     """Message parts for the rows of ``source`` read through ``mapping``.
 
@@ -324,6 +332,10 @@ def mapped_parts_sql(
     ``track`` ``Order Completed`` (grouped by ``order_id`` when products are
     line items); ``events`` → ``type`` from the mapping, else ``track``.
     ``inferred`` gives a type per column for the ``*_from_*_columns`` options.
+    ``raw_by_lookup`` (ungrouped rows of a source that can be re-read by ``__row``
+    cheaply, i.e. Parquet): the parts do not carry the source row, the text a derived
+    messageId hashes is computed only where the row has no usable messageId, and the
+    raw text of rejected rows comes from ``MappedPlan.raw_lookup``.
     """
     cols = {c.name: c for c in columns}
     tz = mapping.source.timezone
@@ -463,6 +475,22 @@ def mapped_parts_sql(
     head = (
         f"SELECT __row, __raw, __hsrc, __lines, 'OBJECT' AS __top, TRUE AS __ok, {size} AS __size"
     )
+    if not grouped and raw_by_lookup:
+        # A messageId JSON text that is not a non-empty string may lead to a derived id
+        # (numbers do not, but hashing them too is harmless): the rules decide.
+        m = f"(({parts['p_mid'] or 'NULL'})::VARCHAR)"
+        mid = f"{m} IS NULL OR left({m}, 1) <> '\"' OR {m} = '\"\"'"
+        rows = (
+            f"SELECT __row, NULL::VARCHAR AS __raw, CASE WHEN {mid} THEN {content(ident)} "
+            f"END AS __hsrc, {row_parts} FROM ({source})"
+        )
+        return MappedPlan(
+            f"{head}, {', '.join(parts)} FROM (SELECT *, 1 AS __lines FROM ({rows}))",
+            grouped=False,
+            raw_sql="__raw",
+            hash_sql="__hsrc",
+            raw_lookup=f"SELECT __row, {src} AS __src FROM ({source})",
+        )
     if not grouped:
         # The raw row and the hashed text are needed for few rows (rejected ones, ones
         # without a messageId): the source columns travel as a struct and are turned

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -33,10 +34,92 @@ from zhiying.warehouse.schema import EVENTS, ONE_ID_ALIASES
 
 _US_PER_DAY = 86_400_000_000
 
-EVENT_WRITER = threading.Lock()
+EVENT_WRITER = threading.RLock()
 """Held by every writer of the event table in this process (``append_events`` and
 ``zhiying.ingest.pipeline.store_events``): the dedup check and the insert that
-follows it must not interleave with another writer's."""
+follows it must not interleave with another writer's. Reentrant, so that a bulk
+import can hold it (:func:`hold_event_writer`) from its whole-file dedup to its
+last append while the functions it calls take it again."""
+
+
+class DedupMark:
+    """Names one messageId dedup made under a :class:`WriterHold` (``WriterHold.mark``)."""
+
+    def __init__(self, hold: WriterHold) -> None:
+        self.hold = hold
+
+
+class WriterHold:
+    """One uninterrupted holding of ``EVENT_WRITER`` (:func:`hold_event_writer`).
+
+    Why: a bulk import deduplicates its whole file once
+    (``zhiying.ingest.bulk.resolve_import``) and stores it batch by batch
+    afterwards; the store pass may trust that answer instead of asking again only
+    while nothing else was appended in between. Under the hold no other writer of
+    the process appends (they all take ``EVENT_WRITER``); appends made under it
+    by its own thread are tracked: every append of the event table reports to
+    :func:`remember_stored`, and one whose rows do not come from the latest
+    :meth:`mark` ends that mark's validity (:meth:`exclusive`).
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+        self.thread = threading.get_ident()
+        self._mark: DedupMark | None = None
+
+    def mark(self) -> DedupMark:
+        """Call right after a dedup made under this hold, before anything is appended."""
+        mark = DedupMark(self)
+        self._mark = mark
+        return mark
+
+    def appended(self, mark: DedupMark | None) -> None:
+        """Event rows were appended under this hold; ``mark``: the dedup that chose them."""
+        if mark is None or mark is not self._mark:
+            self._mark = None
+
+    def exclusive(self, mark: DedupMark | None) -> bool:
+        """True when ``mark`` was made under this hold, the hold is still in force in
+        this thread, and only rows of that dedup were appended since it was made: its
+        answers ("not stored") still hold, barring other processes."""
+        return (
+            mark is not None
+            and mark is self._mark
+            and self.active
+            and threading.get_ident() == self.thread
+        )
+
+
+_hold: WriterHold | None = None
+"""The hold in force (at most one: it holds ``EVENT_WRITER``); read by appends in other
+threads of the holder (the pipelined store pass appends from a second thread)."""
+
+
+@contextmanager
+def hold_event_writer() -> Iterator[WriterHold]:
+    """Hold ``EVENT_WRITER`` for the block (nested blocks share the outer hold)."""
+    global _hold
+    with EVENT_WRITER:
+        outer = _hold
+        hold = WriterHold() if outer is None else outer
+        hold.active = True
+        _hold = hold
+        try:
+            yield hold
+        finally:
+            if outer is None:
+                hold.active = False
+                _hold = None
+
+
+def current_hold() -> WriterHold | None:
+    """The hold in force, when this thread holds it (None otherwise)."""
+    hold = _hold
+    if hold is None or not hold.active or hold.thread != threading.get_ident():
+        return None
+    return hold
+
+
 _IN_LIST_CHUNK = 2000
 
 
@@ -175,9 +258,13 @@ class RecentMessageIds:
 
     def add(self, ids: list[str], received_day: np.ndarray) -> None:
         """Remember ``ids`` with their receive day (days since the epoch)."""
-        if not ids:
+        if ids:
+            self.add_hashes(_hashes(ids), received_day)
+
+    def add_hashes(self, hashes: np.ndarray, received_day: np.ndarray) -> None:
+        """:meth:`add` of ids given by their :func:`_hashes`."""
+        if not len(hashes):
             return
-        hashes = _hashes(ids)
         for day in np.unique(received_day):
             self._days.setdefault(int(day), _HashSet()).add(hashes[received_day == day])
 
@@ -214,12 +301,13 @@ _filters: weakref.WeakKeyDictionary[Warehouse, RecentMessageIds] = weakref.WeakK
 _filters_lock = threading.Lock()
 
 
-def _single_writer(warehouse: Warehouse) -> bool:
+def single_writer(warehouse: Warehouse) -> bool:
+    """True for the embedded warehouses (DuckDB, chdb), which this process alone writes."""
     return warehouse.url.startswith(("duckdb://", "chdb://"))
 
 
 def _recent_ids(warehouse: Warehouse, dedup_since: datetime) -> RecentMessageIds | None:
-    if not _single_writer(warehouse):
+    if not single_writer(warehouse):
         return None
     with _filters_lock:
         recent = _filters.get(warehouse)
@@ -243,8 +331,17 @@ def unseen_rows(
     """Dedup by messageId: the rows of ``batch`` to store (the first row of each
     ``message_id`` that is not stored since ``dedup_since``, in input order) and
     their row numbers in ``batch``. The ids are read and hashed once for both steps."""
+    fresh, rows, _ = unseen_rows_hashed(warehouse, batch, dedup_since)
+    return fresh, rows
+
+
+def unseen_rows_hashed(
+    warehouse: Warehouse, batch: pa.Table, dedup_since: datetime
+) -> tuple[pa.Table, np.ndarray, np.ndarray | None]:
+    """:func:`unseen_rows`, and the message ids' hashes of the rows to store (None when
+    some id is null), which :func:`remember_stored` takes instead of hashing again."""
     if batch.num_rows == 0:
-        return batch, np.zeros(0, dtype=np.int64)
+        return batch, np.zeros(0, dtype=np.int64), None
     column = batch.column("message_id").combine_chunks()
     ids: list[str] = column.to_pylist()
     hashes = _hashes(ids) if column.null_count == 0 else None
@@ -258,7 +355,10 @@ def unseen_rows(
         hashes = None if hashes is None else hashes[taken]
     new_mask = _new_ids(warehouse, ids, hashes, dedup_since)
     rows = firsts.to_numpy(zero_copy_only=False)[new_mask]
-    return unique.filter(pa.array(new_mask)), rows
+    if new_mask.all():  # the usual case; a filter would copy every column (1M events: ≈ 1 s)
+        return unique, rows, hashes
+    kept = None if hashes is None else hashes[new_mask]
+    return unique.filter(pa.array(new_mask)), rows, kept
 
 
 def new_message_ids(warehouse: Warehouse, batch: pa.Table, dedup_since: datetime) -> np.ndarray:
@@ -290,14 +390,32 @@ def _new_ids(
     return fresh
 
 
-def remember_stored(warehouse: Warehouse, batch: pa.Table, dedup_since: datetime) -> None:
-    """Record that ``batch`` (``EVENTS`` rows) was just appended, for later dedup checks."""
+def remember_stored(
+    warehouse: Warehouse,
+    batch: pa.Table,
+    dedup_since: datetime,
+    mark: DedupMark | None = None,
+    hashes: np.ndarray | None = None,
+) -> None:
+    """Record that ``batch`` (``EVENTS`` rows) was just appended, for later dedup checks.
+
+    Every append of the event table calls it (under ``EVENT_WRITER``); ``mark``: the
+    dedup that chose the rows, when it was one made under the hold in force
+    (:class:`WriterHold`); ``hashes``: the message ids' hashes, one per row, when the
+    caller has them (:func:`unseen_rows_hashed`)."""
+    hold = _hold
+    if hold is not None:
+        hold.appended(mark)
     recent = _recent_ids(warehouse, dedup_since)
     if recent is None or batch.num_rows == 0:
         return
-    recent.add(
-        batch.column("message_id").to_pylist(), days_since_epoch(batch.column("received_at"))
-    )
+    days = days_since_epoch(batch.column("received_at"))
+    if hashes is not None:
+        if len(hashes) != batch.num_rows:
+            raise ValueError(f"{len(hashes)} message id hashes for {batch.num_rows} rows")
+        recent.add_hashes(hashes, days)
+    else:
+        recent.add(batch.column("message_id").to_pylist(), days)
     recent.forget_before(_epoch_day(dedup_since))
 
 
