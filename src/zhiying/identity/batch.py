@@ -64,8 +64,10 @@ class TupleColumns:
 
     Tuples are numbered in time order of their first event; ``codes[i]`` is the
     tuple of row ``i``. ``first_at``/``last_at`` are naive-UTC microseconds.
-    ``message_id``/``event_type``/``previous_id`` (null unless an alias call) come
-    from each tuple's first event. The identifiers are flat rows (``flat_tuple``,
+    ``previous_id`` (null unless an alias call) comes from each tuple's first event
+    (row ``first_rows[t]`` of ``events``), and so do ``message_ids``/``event_types``
+    (taken only for the tuples asked: most tuples never need theirs). The
+    identifiers are flat rows (``flat_tuple``,
     ``flat_kind``, ``flat_value``) sorted by tuple, each tuple's in the order an
     ``Observation`` lists them (user id, anonymous id, then the event's list),
     without repeats and without empty kinds or values.
@@ -75,12 +77,24 @@ class TupleColumns:
     codes: pa.Array
     first_at: np.ndarray
     last_at: np.ndarray
-    message_id: pa.Array
-    event_type: pa.Array
     previous_id: pa.Array
     flat_tuple: np.ndarray
     flat_kind: pa.Array
     flat_value: pa.Array
+    first_rows: pa.Array
+    events: pa.Table
+
+    def message_ids(self, which: np.ndarray) -> pa.Array:
+        """The message id of the first event of each tuple of ``which``."""
+        return self._of_first("message_id", which)
+
+    def event_types(self, which: np.ndarray) -> pa.Array:
+        """The type of the first event of each tuple of ``which``."""
+        return self._of_first("type", which)
+
+    def _of_first(self, column: str, which: np.ndarray) -> pa.Array:
+        rows = self.first_rows.take(pa.array(which, pa.int64()))
+        return self.events.column(column).take(rows).combine_chunks()
 
 
 def _present(values: pa.Array) -> np.ndarray:
@@ -197,27 +211,36 @@ def tuple_columns(events: pa.Table, now: datetime) -> TupleColumns:
         codes, n_lists = _codes(_identifiers_key(some))
         list_code[listed] = codes
     key, size = _pair(*_codes(user_id), *_codes(anonymous_id))
-    key, size = _pair(key, size, *_codes(previous_id))
+    if pc.any(is_alias).as_py():  # else every previous_id code is 0: the key stays
+        key, size = _pair(key, size, *_codes(previous_id))
     key, size = _pair(key, size, list_code, n_lists)
     micros = _capped_micros(events, now)
-    # Rows in time order (stable: ties keep input order); dictionary codes are
-    # handed out in order of first appearance, so code order is time order.
-    order = np.argsort(micros, kind="stable")
-    sorted_codes = (
-        pc.dictionary_encode(pa.array(key[order]))
-        .indices.to_numpy(zero_copy_only=False)
-        .astype(np.int64)
-    )
-    high = np.maximum.accumulate(sorted_codes)
-    first_pos = np.flatnonzero(np.concatenate([[True], high[1:] > high[:-1]])[: len(high)])
-    n = len(first_pos)
-    firsts = pa.array(order[first_pos])
-    sorted_micros = micros[order]
-    first_at = sorted_micros[first_pos]
-    last_at = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
-    np.maximum.at(last_at, sorted_codes, sorted_micros)
-    codes = np.empty(events.num_rows, dtype=np.int64)
-    codes[order] = sorted_codes
+    # Tuples are numbered in time order of their first event, ties in input order:
+    # by (earliest time, earliest row at that time), found per tuple with no sort
+    # of the rows (the same numbers as a stable sort of the rows by time would give).
+    found = pc.dictionary_encode(pa.array(key))
+    seen = found.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    n = len(found.dictionary)
+    big = np.iinfo(np.int64).max
+    earliest = np.full(n, big, dtype=np.int64)
+    np.minimum.at(earliest, seen, micros)
+    latest = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(latest, seen, micros)
+    at_earliest = np.flatnonzero(micros == earliest[seen])
+    first_row = np.full(n, big, dtype=np.int64)
+    np.minimum.at(first_row, seen[at_earliest], at_earliest)
+    # lexsort((first_row, earliest)), cheaper: the tuples by first row (distinct row
+    # numbers: a scatter, no sort), then a stable sort by time.
+    by_row = np.full(len(micros), -1, dtype=np.int64)
+    by_row[first_row] = np.arange(n, dtype=np.int64)
+    by_row = by_row[by_row >= 0]
+    in_time = by_row[np.argsort(earliest[by_row], kind="stable")]
+    number = np.empty(n, dtype=np.int64)
+    number[in_time] = np.arange(n, dtype=np.int64)
+    codes = number[seen]
+    firsts = pa.array(first_row[in_time])
+    first_at = earliest[in_time]
+    last_at = latest[in_time]
 
     # Flat identifier rows: user id (position 0), anonymous id (1), list items (2 + i).
     users = user_id.take(firsts).combine_chunks()
@@ -227,34 +250,28 @@ def tuple_columns(events: pa.Table, now: datetime) -> TupleColumns:
     flat = pc.list_flatten(lists)
     kinds, values = pc.struct_field(flat, "kind"), pc.struct_field(flat, "value")
     keep = np.intersect1d(_present(kinds), _present(values), assume_unique=True)
-    starts = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(parents, minlength=n), out=starts[1:])
     u_at, a_at = _present(users), _present(anons)
     tup = np.concatenate([u_at, a_at, parents[keep]])
-    pos = np.concatenate(
-        [
-            np.zeros(len(u_at), np.int64),
-            np.ones(len(a_at), np.int64),
-            2 + keep - starts[parents[keep]],
-        ]
-    )
-    kind_col = pa.concat_arrays(
-        [
-            pa.repeat(pa.scalar(USER_ID, pa.string()), len(u_at)),
-            pa.repeat(pa.scalar(ANONYMOUS_ID, pa.string()), len(a_at)),
-            kinds.take(pa.array(keep)).cast(pa.string()),
-        ]
-    )
-    value_col = pa.concat_arrays(
-        [
-            users.take(pa.array(u_at)).cast(pa.string()),
-            anons.take(pa.array(a_at)).cast(pa.string()),
-            values.take(pa.array(keep)).cast(pa.string()),
-        ]
-    )
-    ranked = np.lexsort((pos, tup))
+    # By tuple, each tuple's identifiers in Observation order: user id, anonymous id,
+    # list items. Each of the three parts is in tuple order and, within a tuple, the
+    # items in list order, so a stable sort by tuple alone gives that order (three
+    # sorted runs: one merge).
+    ranked = np.argsort(tup, kind="stable")
     tup = tup[ranked]
-    kind_col, value_col = kind_col.take(pa.array(ranked)), value_col.take(pa.array(ranked))
+    # Each column gathered once, from its parts laid end to end.
+    n_users, n_anons = len(users), len(anons)
+    kind_source = pa.concat_arrays(
+        [pa.array([USER_ID, ANONYMOUS_ID], pa.string()), kinds.cast(pa.string())]
+    )
+    kind_at = np.concatenate(
+        [np.zeros(len(u_at), np.int64), np.ones(len(a_at), np.int64), 2 + keep]
+    )
+    kind_col = kind_source.take(pa.array(kind_at[ranked]))
+    value_source = pa.concat_arrays(
+        [users.cast(pa.string()), anons.cast(pa.string()), values.cast(pa.string())]
+    )
+    value_at = np.concatenate([u_at, n_users + a_at, n_users + n_anons + keep])
+    value_col = value_source.take(pa.array(value_at[ranked]))
     # The same identifier twice in one tuple (only a list item can repeat one): keep
     # its first position.
     with_list = np.zeros(n, dtype=bool)
@@ -284,12 +301,12 @@ def tuple_columns(events: pa.Table, now: datetime) -> TupleColumns:
         codes=pa.array(codes),
         first_at=first_at,
         last_at=last_at,
-        message_id=events.column("message_id").take(firsts).combine_chunks(),
-        event_type=events.column("type").take(firsts).combine_chunks(),
         previous_id=previous_id.take(firsts).combine_chunks(),
         flat_tuple=tup,
         flat_kind=kind_col,
         flat_value=value_col,
+        first_rows=firsts,
+        events=events,
     )
 
 
@@ -328,8 +345,8 @@ def observations(cols: TupleColumns, which: np.ndarray) -> list[Observation]:
         counts,
         _aware_micros(cols.first_at[which]),
         _aware_micros(cols.last_at[which]),
-        cols.message_id.take(picked).to_pylist(),
-        cols.event_type.take(picked).to_pylist(),
+        cols.message_ids(which).to_pylist(),
+        cols.event_types(which).to_pylist(),
         cols.previous_id.take(picked).to_pylist(),
         strict=True,
     ):

@@ -99,6 +99,12 @@ class Resolution:
     generation: int = 0
     residual: int | None = None
     """Set-based batches: distinct tuples that went through the rules one by one."""
+    minted: frozenset[str] = frozenset()
+    """Set-based batches: the ONE_IDs minted in this transaction (nobody else can have
+    seen them yet, so they have no person key: ``PersonKeys.assign`` need not look)."""
+    coded: tuple[np.ndarray, list[str | None]] | None = None
+    """Set-based batches: ``one_ids`` as ``(codes, names)``, row ``i`` being
+    ``names[codes[i]]`` (none for a negative code): person keys from integers."""
 
 
 def new_one_id() -> str:
@@ -825,6 +831,8 @@ def _known(db: BulkSql, kinds: pa.Array, values: pa.Array) -> _Known:
     n = len(kinds)
     found: list[tuple[str, str, str, Any, Any]] = []
     for kind in pc.unique(kinds).to_pylist():
+        if not db.fetch("SELECT 1 FROM identifiers WHERE kind = ? LIMIT 1", (kind,)):
+            continue  # e.g. a first import: probing 700k values would cost ≈ 0.5 s
         wanted = values.filter(pc.equal(kinds, kind)).to_pylist()
         for chunk in _chunks(wanted, LIST_CHUNK):
             test, param = db.in_values(chunk)
@@ -895,11 +903,17 @@ def _known(db: BulkSql, kinds: pa.Array, values: pa.Array) -> _Known:
 
 def _precedence_rank(kinds: pa.Array, values: pa.Array) -> np.ndarray:
     """Each identifier's place in ``precedence`` order (0 = strongest), all distinct."""
-    ranks = pa.array([PRECEDENCE.get(k, _CUSTOM_RANK) for k in pc.unique(kinds).to_pylist()])
-    rank_of = pc.take(ranks, pc.index_in(kinds, value_set=pc.unique(kinds)))
+    distinct = pc.unique(kinds)
+    # (precedence rank, kind) as one integer: the kind's place among the distinct
+    # kinds orders like the kind itself, and integers compare cheaper than strings.
+    place = np.empty(len(distinct), dtype=np.int64)
+    place[pc.sort_indices(distinct).to_numpy()] = np.arange(len(distinct))
+    ranks = np.array([PRECEDENCE.get(k, _CUSTOM_RANK) for k in distinct.to_pylist()], np.int64)
+    group = ranks * max(len(distinct), 1) + place
+    kind_at = pc.index_in(kinds, value_set=distinct).to_numpy(zero_copy_only=False)
     indices = pc.sort_indices(
-        pa.table({"r": rank_of, "k": kinds, "v": values}),
-        sort_keys=[("r", "ascending"), ("k", "ascending"), ("v", "ascending")],
+        pa.table({"g": group[kind_at], "v": values}),
+        sort_keys=[("g", "ascending"), ("v", "ascending")],
     ).to_numpy()
     rank = np.empty(len(kinds), dtype=np.int64)
     rank[indices] = np.arange(len(kinds))
@@ -940,6 +954,7 @@ def _resolve_set_based(db: BulkSql, events: pa.Table, now: datetime, generation:
     for code, kind in enumerate(LIMITED_KINDS, start=1):
         limit[pc.equal(kinds, kind).to_numpy(zero_copy_only=False)] = code
     anchored = np.array([USER_ID in known.limited.get(o, {}) for o in known.one_ids], dtype=bool)
+    rank = _precedence_rank(kinds, values)
     decided = setwise.plan(
         setwise.Batch(
             n_tuples=n,
@@ -950,7 +965,7 @@ def _resolve_set_based(db: BulkSql, events: pa.Table, now: datetime, generation:
             is_alias=is_alias,
             limit=limit,
             is_user=pc.equal(kinds, USER_ID).to_numpy(zero_copy_only=False),
-            rank=_precedence_rank(kinds, values),
+            rank=rank,
             owner=known.owner,
             anchored=anchored,
             first_at=cols.first_at,
@@ -988,11 +1003,23 @@ def _resolve_set_based(db: BulkSql, events: pa.Table, now: datetime, generation:
     r_found = [None if t is None else resolver.find(t) for t in r_targets]
     codes[residual] = len(holders) + np.arange(len(residual))
     codes[residual[[t is None for t in r_found]]] = -1
-    names = pa.array(holders + r_found, pa.string())
+    code_names: list[str | None] = [*holders, *r_found]
+    names = pa.array(code_names, pa.string())
     row_codes = codes[cols.codes.to_numpy(zero_copy_only=False)]
 
     aliases, n_conflicts = _write_set_based(
-        db, cols, known, decided, resolver, minted, holders, flat_ident, alias_ident, kinds, values
+        db,
+        cols,
+        known,
+        decided,
+        resolver,
+        minted,
+        holders,
+        flat_ident,
+        alias_ident,
+        kinds,
+        values,
+        rank,
     )
     n_merges = len(resolver.merges) + len(decided.merge_loser)
     if n_merges:
@@ -1005,6 +1032,8 @@ def _resolve_set_based(db: BulkSql, events: pa.Table, now: datetime, generation:
         conflicts=n_conflicts,
         generation=generation,
         residual=len(residual),
+        minted=frozenset(minted).union(resolver.new_one_ids),
+        coded=(row_codes, code_names),
     )
 
 
@@ -1025,6 +1054,7 @@ def _write_set_based(
     alias_ident: np.ndarray,
     kinds: pa.Array,
     values: pa.Array,
+    rank: np.ndarray,
 ) -> tuple[list[tuple[str, str]], int]:
     """Persist a set-based batch; returns the closed alias pairs (as ``_write``) and
     the number of distinct conflicts met."""
@@ -1051,7 +1081,9 @@ def _write_set_based(
     # In key order: index pages are filled one after the other.
     in_order = pc.sort_indices(pa.array([row[0] for row in rows], pa.string())).to_numpy()
     rows = [rows[i] for i in in_order.tolist()]
-    db.insert("one_ids", ("one_id", "created_at", "merged_into", "merged_at"), rows)
+    db.insert(
+        "one_ids", ("one_id", "created_at", "merged_into", "merged_at"), rows, rebuild_indexes=True
+    )
     _repoint_stored_losers(db, resolver, merged_at, aliases)
 
     # Seen times of every identifier: its tuples' first/last, then the resolver's
@@ -1097,7 +1129,8 @@ def _write_set_based(
         owners = names.take(pa.array(owner_code[rows]))
         return owners.to_pylist(), kinds.take(at).to_pylist(), values.take(at).to_pylist()
 
-    new_rows = _key_order(kinds, values, np.flatnonzero(seen & ~stored))
+    in_key_order = _key_rank(kinds, rank)
+    new_rows = _key_order(in_key_order, np.flatnonzero(seen & ~stored))
     owners, kind_col, value_col = columns(new_rows)
     f_text = db.times_of_micros(first[new_rows])
     l_text = db.times_of_micros(last[new_rows])
@@ -1105,6 +1138,7 @@ def _write_set_based(
         "identifiers",
         ("kind", "value", "one_id", "first_seen", "last_seen"),
         list(zip(kind_col, value_col, owners, f_text, l_text, strict=True)),
+        rebuild_indexes=True,
     )
     moved_first = np.minimum(first, known.first)
     moved_last = np.maximum(last, known.last)
@@ -1115,7 +1149,7 @@ def _write_set_based(
         before = pa.array(known.raw_owner, pa.string()).take(pa.array(was))
         now_in = names.take(pa.array(owner_code[was]))
         owner_changed[was] = pc.not_equal(now_in, before).to_numpy(zero_copy_only=False)
-    upd = _key_order(kinds, values, np.flatnonzero(changed | owner_changed))
+    upd = _key_order(in_key_order, np.flatnonzero(changed | owner_changed))
     firsts, lasts = db.times_of_micros(moved_first[upd]), db.times_of_micros(moved_last[upd])
     moves = owner_changed[upd]
     owners, kind_col, value_col = columns(upd)
@@ -1142,15 +1176,14 @@ def _write_set_based(
         for m in resolver.merges
     ]
     if len(decided.merge_tuple):
-        at = pa.array(decided.merge_tuple)
         merge_rows.extend(
             (holders[w], holders[lo], kind, value, merge_reason(t), m, when)
             for w, lo, kind, value, t, m, when in zip(
                 decided.merge_winner.tolist(),
                 decided.merge_loser.tolist(),
                 *_pylists(decided.merge_ident, kinds, values),
-                cols.event_type.take(at).to_pylist(),
-                cols.message_id.take(at).to_pylist(),
+                cols.event_types(decided.merge_tuple).to_pylist(),
+                cols.message_ids(decided.merge_tuple).to_pylist(),
                 static_at,
                 strict=True,
             )
@@ -1160,6 +1193,7 @@ def _write_set_based(
         "identity_merges",
         ("winner", "loser", "kind", "value", "reason", "message_id", "merged_at"),
         merge_rows,
+        rebuild_indexes=True,
     )
 
     # Conflicts: the static ones and the resolver's, each key's first occurrence (in
@@ -1177,7 +1211,7 @@ def _write_set_based(
         decided.target[c_t].tolist(),
         decided.conflict_other[once].tolist(),
         *_pylists(decided.conflict_ident[once], kinds, values),
-        cols.message_id.take(pa.array(c_t)).to_pylist(),
+        cols.message_ids(c_t).to_pylist(),
         db.times_of_micros(cols.first_at[c_t]),
         strict=True,
     ):
@@ -1189,7 +1223,7 @@ def _write_set_based(
         tuple_of: dict[str, int] = {}
         for t, m in zip(
             reversed(residual.tolist()),
-            reversed(cols.message_id.take(pa.array(residual)).to_pylist()),
+            reversed(cols.message_ids(residual).to_pylist()),
             strict=True,
         ):
             tuple_of[m] = t  # the earliest tuple of a message id wins
@@ -1217,12 +1251,20 @@ def _pylists(rows: np.ndarray, *columns: pa.Array) -> list[list[Any]]:
     return [column.take(at).to_pylist() for column in columns]
 
 
-def _key_order(kinds: pa.Array, values: pa.Array, rows: np.ndarray) -> np.ndarray:
-    """``rows`` sorted by (kind, value): writes walk the primary key's pages in order."""
-    at = pa.array(rows)
-    order = pc.sort_indices(
-        pa.table({"k": kinds.take(at), "v": values.take(at)}),
-        sort_keys=[("k", "ascending"), ("v", "ascending")],
-    ).to_numpy()
-    ordered: np.ndarray = rows[order]
+def _key_rank(kinds: pa.Array, rank: np.ndarray) -> np.ndarray:
+    """Each identifier's place in (kind, value) order, from its ``_precedence_rank``:
+    within one kind that rank is value order, so only the few kinds need sorting
+    (not every value again)."""
+    distinct = pc.unique(kinds)
+    place = np.empty(len(distinct), dtype=np.int64)
+    place[pc.sort_indices(distinct).to_numpy()] = np.arange(len(distinct))
+    kind_at = pc.index_in(kinds, value_set=distinct).to_numpy(zero_copy_only=False)
+    keyed: np.ndarray = place[kind_at] * max(len(rank), 1) + rank
+    return keyed
+
+
+def _key_order(key_rank: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``rows`` sorted by (kind, value) (``_key_rank``): writes walk the primary key's
+    pages in order."""
+    ordered: np.ndarray = rows[np.argsort(key_rank[rows])]
     return ordered

@@ -328,7 +328,15 @@ def resolve_import(stores: Stores, rows: pa.Table) -> ImportIdentity:
         keys.reserve(stores.engine, 2 * fresh.num_rows)
         with stores.engine.begin() as conn:
             resolution = resolve_events(conn, fresh, now, cache)
-            assigned = key_resolution(conn, keys, warehouse, resolution.one_ids, resolution.aliases)
+            assigned = key_resolution(
+                conn,
+                keys,
+                warehouse,
+                resolution.one_ids,
+                resolution.aliases,
+                fresh=resolution.minted,
+                coded=resolution.coded,
+            )
         cache.apply(resolution.generation, resolution.cache_entries)
         keys.remember(assigned.learned)
     position = np.full(total, -1, dtype=np.int64)

@@ -22,6 +22,7 @@ maps it to the owner's.
 from __future__ import annotations
 
 import threading
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,27 @@ _CACHE_LIMIT = 4_000_000
 """ONE_ID → key pairs kept per process before the map starts over (≈ 150 B each)."""
 
 _LOOKUP_CHUNK = 50_000
+
+
+Coded = tuple[np.ndarray, list[str | None]]
+"""ONE_IDs as ``(codes, names)``: row ``i`` is ``names[codes[i]]``, none when
+``codes[i] < 0``; several codes may name one ONE_ID."""
+
+
+def _distinct_of_codes(coded: Coded) -> tuple[list[str], np.ndarray, pa.Array]:
+    """``(distinct ONE_IDs in order of first appearance, slot in that list of each
+    dictionary entry, dictionary index of each row)`` of coded ONE_IDs: what
+    ``dictionary_encode`` of their text gives, hashing integers instead."""
+    codes, names = coded
+    encoded = pc.dictionary_encode(pa.array(codes, pa.int64(), mask=codes < 0))
+    place: dict[str, int] = {}
+    slots = []
+    for code in encoded.dictionary.to_numpy().tolist():
+        name = names[code]
+        if name is None:
+            raise ValueError(f"code {code} names no ONE_ID")
+        slots.append(place.setdefault(name, len(place)))
+    return list(place), np.array(slots, dtype=np.int64), encoded.indices
 
 
 @dataclass(frozen=True)
@@ -87,21 +109,33 @@ class PersonKeys:
         conn: Connection,
         one_ids: pa.Array | pa.ChunkedArray,
         also: list[str] | None = None,
+        fresh: AbstractSet[str] = frozenset(),
+        coded: Coded | None = None,
     ) -> Assigned:
         """The key of every ONE_ID of ``one_ids`` (nulls stay null), minting missing ones
         in ``conn``'s transaction from the reserved pool. ONE_IDs in ``also`` (merge
-        owners) get keys too, found in ``learned``.
+        owners) get keys too, found in ``learned``. ONE_IDs in ``fresh`` were created
+        in ``conn``'s transaction (``Resolution.minted``): no other transaction can
+        have keyed them, so they are not looked up (a bulk import mints 100k+).
+        ``coded``: the same ONE_IDs as integer codes into a list of names
+        (``Resolution.coded``), which spares hashing every row's text; the keys are the
+        same either way (numbers are handed out in order of first appearance).
 
         Raises ``RuntimeError`` when the pool is smaller than the number of new
         ONE_IDs: callers reserve first (``store_events`` reserves two numbers
         per row: a row mints at most one ONE_ID and names at most one merge owner).
         """
-        encoded = pc.dictionary_encode(one_ids)
-        if isinstance(encoded, pa.ChunkedArray):
-            encoded = encoded.combine_chunks()
-        distinct = encoded.dictionary.to_pylist()
+        slot: np.ndarray | None = None
+        if coded is None:
+            encoded = pc.dictionary_encode(one_ids)
+            if isinstance(encoded, pa.ChunkedArray):
+                encoded = encoded.combine_chunks()
+            distinct: list[str] = encoded.dictionary.to_pylist()
+            indices = encoded.indices
+        else:
+            distinct, slot, indices = _distinct_of_codes(coded)
         wanted = distinct + sorted(set(also or ()).difference(distinct))
-        found = self.lookup(conn, wanted)
+        found = self.lookup(conn, [o for o in wanted if o not in fresh] if fresh else wanted)
         missing = [one_id for one_id in wanted if one_id not in found]
         minted_ids: list[str] = []
         minted_keys: list[int] = []
@@ -117,7 +151,9 @@ class PersonKeys:
             if late:  # minted by a concurrent transaction that committed first
                 found.update(_select(conn, late))
         by_position = np.fromiter((found[one_id] for one_id in distinct), np.int64, len(distinct))
-        keys = pa.array(by_position, pa.int64()).take(encoded.indices)
+        if slot is not None:
+            by_position = by_position[slot]
+        keys = pa.array(by_position, pa.int64()).take(indices)
         minted = pa.table(
             {
                 "person_key": pa.array(minted_keys, pa.int64()),
@@ -199,14 +235,17 @@ def key_resolution(
     warehouse: Warehouse,
     one_ids: pa.Array | pa.ChunkedArray,
     aliases: list[tuple[str, str]],
+    fresh: AbstractSet[str] = frozenset(),
+    coded: Coded | None = None,
 ) -> Assigned:
     """Key every resolved ONE_ID and merge owner in ``conn``'s transaction, and write what
     the warehouse must hold before that transaction commits: the dictionary rows of the
     keys minted here and the merged-away ONE_IDs' keyed ``one_id_aliases`` (so committed
     merges never lack their aliases; see ``zhiying.ingest.pipeline``). ``aliases`` are
-    ``Resolution.aliases``; the caller remembers ``learned`` after the commit."""
+    ``Resolution.aliases``; ``fresh`` and ``coded``: its ``minted`` and ``coded`` (see
+    ``PersonKeys.assign``); the caller remembers ``learned`` after the commit."""
     owners = [owner for _, owner in aliases]
-    assigned = keys.assign(conn, one_ids, also=owners)
+    assigned = keys.assign(conn, one_ids, also=owners, fresh=fresh, coded=coded)
     keyed = keyed_aliases(conn, keys, aliases, assigned)
     if assigned.minted.num_rows:
         warehouse.insert("person_keys", assigned.minted)
