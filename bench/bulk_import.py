@@ -136,7 +136,16 @@ def identity_from(rev: str) -> Callable[..., Any]:
     sys.modules[prefix] = package
     for name in _IDENTITY_MODULES:
         setattr(package, name, load(name, f"src/zhiying/identity/{name}.py"))
-    resolve: Callable[..., Any] = load("ingest_bulk", "src/zhiying/ingest/bulk.py").resolve_import
+    old: Callable[..., Any] = load("ingest_bulk", "src/zhiying/ingest/bulk.py").resolve_import
+
+    def resolve(*args: Any, **kwargs: Any) -> bulk.ImportIdentity:
+        """The old revision's answer as this tree's ``ImportIdentity`` (fields it lacks,
+        such as person keys and the dedup mark, left unset: the store pass then looks
+        them up and deduplicates again, as it did)."""
+        found = old(*args, **kwargs)
+        fields = {f: getattr(found, f, None) for f in bulk.ImportIdentity.__dataclass_fields__}
+        return bulk.ImportIdentity(**{f: v for f, v in fields.items() if v is not None})
+
     return resolve
 
 

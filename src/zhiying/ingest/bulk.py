@@ -241,10 +241,7 @@ def _with_one_ids(spill: _Spill, size: int, identity: ImportIdentity) -> Iterato
     """The spilled rows in batches of ``size`` (the first one of at most
     ``FIRST_STORE_BATCH``), each with its slice of the ONE_IDs, person keys and
     message id hashes, and the mark of the dedup that chose them."""
-    # getattr: ``bench.bulk_import --identity-from`` hands over an older ImportIdentity
-    keys: pa.Array | None = getattr(identity, "keys", None)
-    mark: DedupMark | None = getattr(identity, "mark", None)
-    hashes: np.ndarray | None = getattr(identity, "hashes", None)
+    keys, mark, hashes = identity.keys, identity.mark, identity.hashes
     at = 0
     for whole in spill.batches(size):
         pieces = [whole]
