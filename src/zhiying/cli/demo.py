@@ -8,7 +8,9 @@ wipe a directory it did not create (no marker file) or one a running
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -114,13 +116,28 @@ SEED_SEGMENT = "docs/examples/segments/beijing-loyal.json"
 """The issue's seed segment, as the repository holds it (``make demo`` runs at its root)."""
 
 
+def command_name() -> str:
+    """How to run this installation's ``zhiying`` from the current directory.
+
+    ``make demo`` runs ``.venv/bin/zhiying`` without activating the environment,
+    so a bare ``zhiying`` in the suggested commands would not be found: name the
+    script beside this interpreter unless ``PATH`` already finds that one."""
+    script = Path(sys.executable).parent / "zhiying"
+    found = shutil.which("zhiying")
+    if not script.exists() or (found is not None and Path(found).resolve() == script.resolve()):
+        return "zhiying"
+    if script.is_relative_to(Path.cwd()):
+        return os.path.join(".", os.path.relpath(script))
+    return str(script)
+
+
 def print_next_steps(data_dir: Path, summary: DemoSummary) -> None:
     """Commands to try on the demo's data (unwrapped, so they copy and paste).
 
     The segment preview passes ``--at``: the simulated period ends on a fixed day
     (``simulate.DEFAULT_END``, for the product story's anomaly), and relative
     windows such as "the last 90 days" count back from ``--at``, not from today."""
-    env = f"ZHIYING_DATA_DIR={data_dir}"
+    run = f"ZHIYING_DATA_DIR={data_dir} {command_name()}"
     who = f"user_id:{summary.example_user_id or 'm100001'}"
     at = summary.period_end.astimezone(ZoneInfo(TIME_ZONE)).isoformat()
     console.print(
@@ -128,10 +145,10 @@ def print_next_steps(data_dir: Path, summary: DemoSummary) -> None:
         "period's end, then the API):"
     )
     for command in (
-        f"{env} zhiying profile show {who}",
-        f"{env} zhiying events count --event 'Order Completed'",
-        f"{env} zhiying segment preview {SEED_SEGMENT} --at {at} --sample 3",
-        f"{env} zhiying serve",
+        f"{run} profile show {who}",
+        f"{run} events count --event 'Order Completed'",
+        f"{run} segment preview {SEED_SEGMENT} --at {at} --sample 3",
+        f"{run} serve",
     ):
         console.print("  " + command, soft_wrap=True, markup=False, highlight=False)
 
