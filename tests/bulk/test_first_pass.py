@@ -200,3 +200,19 @@ def test_a_text_file_is_checked_in_order_while_its_next_parts_are_read_ahead(
             break
         time.sleep(0.1)
     assert not any(t.name == "zhiying-bulk-reader" for t in threading.enumerate())
+
+
+def test_chunks_checked_by_relations_made_at_the_first_chunk_equal_one_whole_check(
+    tmp_path: Path,
+) -> None:
+    """The checked, product and identifier relations are made once per file and run
+    again on each chunk's ``__parts``: every chunk must come out as its own rows."""
+    messages = _mixed_messages(240)
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(m) for m in messages) + b"\n")
+    with bulk._open_checked(path, "jsonl", "events", None, NOW, "CN") as (_, checked):
+        whole = pa.concat_tables(list(checked.chunks(10_000)))
+    with bulk._open_checked(path, "jsonl", "events", None, NOW, "CN") as (_, checked):
+        chunks = list(checked.chunks(37))
+    assert len(chunks) > 5
+    assert pa.concat_tables(chunks).to_pylist() == whole.to_pylist()
