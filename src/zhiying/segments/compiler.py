@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import ibis
 import ibis.backends.sql.compilers as sql_compilers
@@ -57,6 +57,7 @@ import ibis.backends.sql.rewrites as sql_rewrites
 import ibis.expr.datatypes as dt
 import ibis.expr.operations as ops
 import ibis.expr.types as ir
+import sqlglot as sg
 import sqlglot.expressions as sge
 from ibis.expr.rewrites import flatten_predicates
 
@@ -138,10 +139,36 @@ _T_TAGS = ibis.table(ibis.Schema.from_pyarrow(TAG_VALUES), name="tag_values")
 _T_LAYERS = ibis.table(ibis.Schema.from_pyarrow(LAYER_VALUES), name="layer_values")
 _T_MEMBERS = ibis.table(ibis.Schema.from_pyarrow(SEGMENT_MEMBERS), name="segment_members")
 
+FALSE = ibis.literal(False)
+"""The literal ``FALSE`` (``x.fill_null(FALSE)``; ``fill_null(False)`` infers the literal's
+type anew at every call)."""
+ZERO = ibis.literal(0)
+"""The literal ``0`` (an ``int8``, as ``fill_null(0)`` would make it)."""
+
 PERSON = "person"
 """Column of the resolved person (an integer key) in rows and feature tables."""
 STORED = "stored_key"
 """Column of the key a row was stored under (before merges)."""
+
+
+_N = TypeVar("_N", bound=ops.Node)
+
+
+def node(cls: type[_N], **arguments: Any) -> _N:
+    """``cls(**arguments)``, for a node this module builds itself.
+
+    ibis validates a node's arguments in two steps: ``inspect.Signature.bind``
+    matches them to the signature, then each is checked (and coerced) by its
+    annotation. Given every argument by name, the first step is not needed:
+    ``__recreate__`` (how ibis copies and unpickles nodes) does the second only,
+    about a sixth less per node (a ``Select``: 103 → 86 µs). A missing argument
+    still raises, an unknown one would be ignored: the callers here name each one."""
+    return cls.__recreate__(arguments)  # type: ignore[no-any-return]
+
+
+def column(table: ir.Table, name: str) -> ir.Column:
+    """``table[name]`` (a ``Field`` node), built as ``node`` builds nodes."""
+    return node(ops.Field, rel=table.op(), name=name).to_expr()
 
 
 def select(
@@ -162,13 +189,57 @@ def select(
     parent = table.op()
     selections = {name: value.op() for name, value in values.items()}
     predicates = tuple(flatten_predicates([w.op() for w in where]))
-    for node in (*selections.values(), *predicates):
-        if not node.relations <= {parent} or node.find(_NOT_ROWWISE, filter=ops.Value):
-            raise ValueError(f"not a row-wise value of {parent!r}: {node!r}")
-    return sql_rewrites.Select(parent, selections=selections, predicates=predicates).to_expr()
+    _check_rowwise(parent, (*selections.values(), *predicates))
+    return node(
+        sql_rewrites.Select, parent=parent, selections=selections, predicates=predicates
+    ).to_expr()
 
 
 _NOT_ROWWISE = (ops.Reduction, ops.Analytic, ops.WindowFunction)
+
+
+def _check_rowwise(parent: ops.Relation, values: Iterable[ops.Value]) -> None:
+    """Raise ``ValueError`` unless every one of ``values`` reads ``parent`` only and holds
+    no aggregate or window function.
+
+    One walk of all the values' expressions, not entering relations (``value.find``
+    per value walked shared sub-expressions again, each walk through ibis's pattern
+    machinery: a tenth of building a rule's expression)."""
+    seen: set[ops.Node] = set()
+    pending: list[ops.Node] = []
+    for value in values:
+        if not value.relations <= {parent}:
+            raise ValueError(f"not a row-wise value of {parent!r}: {value!r}")
+        pending.append(value)
+    while pending:
+        each = pending.pop()
+        if each in seen:
+            continue
+        seen.add(each)
+        if isinstance(each, _NOT_ROWWISE):
+            raise ValueError(f"not a row-wise value of {parent!r}: {each!r}")
+        pending.extend(c for c in each.__children__ if isinstance(c, ops.Value))
+
+
+def aggregate(
+    table: ir.Table, groups: dict[str, ir.Value], metrics: dict[str, ir.Value]
+) -> ir.Table:
+    """``SELECT groups, metrics FROM table GROUP BY groups``: ``metrics`` are aggregates of
+    ``table``'s rows, named.
+
+    The node ``table.group_by(**groups).aggregate(**metrics)`` builds when every value
+    reads ``table`` itself, without binding (an alias per value, then a map of
+    ``table``'s ancestors to re-point each value at ``table``: more than half the
+    cost of a two-metric aggregate, metrics included). ibis's ``Aggregate`` still
+    checks that the values read ``table`` (``tests/segments/test_lean_compile.py``
+    checks the node is the same).
+    """
+    return node(
+        ops.Aggregate,
+        parent=table.op(),
+        groups={name: value.op() for name, value in groups.items()},
+        metrics={name: value.op() for name, value in metrics.items()},
+    ).to_expr()
 
 
 def among(value: ir.Value, column: ir.Table) -> ir.BooleanValue:
@@ -177,13 +248,15 @@ def among(value: ir.Value, column: ir.Table) -> ir.BooleanValue:
     ``value.isin(column[name])`` would first wrap ``column`` in a projection of
     that column (one more relation to build and rewrite).
     """
-    return ops.InSubquery(column.op(), value.op()).to_expr()
+    return node(ops.InSubquery, rel=column.op(), needle=value.op()).to_expr()
 
 
 def join_refs(*tables: ir.Table) -> list[ir.Table]:
     """``tables`` as the participants of one join (``joined``): build its conditions
     and columns on these."""
-    return [ops.JoinReference(t.op(), identifier=i).to_expr() for i, t in enumerate(tables)]
+    return [
+        node(ops.JoinReference, parent=t.op(), identifier=i).to_expr() for i, t in enumerate(tables)
+    ]
 
 
 def joined(
@@ -198,20 +271,17 @@ def joined(
     join cost about 1 ms that way); the ``values`` name every column.
     """
     first, rest = refs[0].op(), refs[1:]
-    chain = ops.JoinChain(
-        first,
-        rest=tuple(
-            ops.JoinLink(how, table=ref.op(), predicates=(on.op(),))
-            for ref, (how, on) in zip(rest, links, strict=True)
-        ),
-        values={name: value.op() for name, value in values.items()},
+    links_ = tuple(
+        node(ops.JoinLink, how=how, table=ref.op(), predicates=(on.op(),))
+        for ref, (how, on) in zip(rest, links, strict=True)
     )
-    return ir.Table(chain)
+    values_ = {name: value.op() for name, value in values.items()}
+    return ir.Table(node(ops.JoinChain, first=first, rest=links_, values=values_))
 
 
 def columns_of(table: ir.Table, names: Iterable[str]) -> dict[str, ir.Value]:
     """``names`` of ``table``, as ``select``'s values."""
-    return {name: table[name] for name in names}
+    return {name: column(table, name) for name in names}
 
 
 def keys_of(table: ir.Table) -> ir.Table:
@@ -225,7 +295,7 @@ def keys_of(table: ir.Table) -> ir.Table:
     d = select(
         keys, [keys["one_id"].isin(table["one_id"])], **columns_of(keys, ["one_id", "person_key"])
     )
-    d = d.group_by(kid="one_id").aggregate(k=d["person_key"].max())
+    d = aggregate(d, {"kid": d["one_id"]}, {"k": d["person_key"].max()})
     t, k = join_refs(table, d)
     return joined(
         [t, k],
@@ -400,7 +470,7 @@ def compare(col: ir.Value, op: str, value: Any, values: tuple[Any, ...] | None) 
         test = col.between(vals[0], vals[1])
     else:  # pragma: no cover - the model rejects other ops
         raise UnsupportedRule(f"operator {op!r} is not a comparison", field="op")
-    return test.fill_null(False)
+    return test.fill_null(FALSE)
 
 
 def if_any(rows: ir.Table, where: ir.BooleanValue | None, agg: ir.Value) -> ir.Value:
@@ -427,12 +497,13 @@ Test = Callable[[ir.Table], ir.BooleanValue]
 @dataclass(frozen=True)
 class _RowSet:
     """The events one or more conditions count: ``event`` rows at or after ``start``
-    passing ``test`` (window and property filters). Scanned once, tagged ``number``."""
+    (and before ``end``) passing every one of ``filters`` (the property filters).
+    Scanned once, tagged ``number``."""
 
     number: int
     event: str
     start: datetime | None
-    test: Callable[[ir.Table], ir.BooleanValue]
+    filters: Callable[[ir.Table], list[ir.BooleanValue]]
     # The window's exclusive end (None: up to ``at``) and whether the set has
     # property filters: sets of one bounded window without filters share a scan.
     end: datetime | None = None
@@ -522,19 +593,6 @@ class _Compiler:
 
     # -- event rows ------------------------------------------------------------------
 
-    def window_test(self, window: Window | None) -> Callable[[ir.Table], ir.BooleanValue] | None:
-        if window is None:
-            return None
-        start, end = window.bounds(self.at)
-
-        def test(r: ir.Table) -> ir.BooleanValue:
-            cond = r["timestamp"] >= instant(start)
-            if end is not None:
-                cond = cond & (r["timestamp"] < instant(end))
-            return cond
-
-        return test
-
     def property_test(
         self, flt: PropertyFilter, path: str
     ) -> Callable[[ir.Table], ir.BooleanValue]:
@@ -579,7 +637,7 @@ class _Compiler:
                     out = names.contains(_lit(wanted[0]))
                     for more in wanted[1:]:
                         out = out | names.contains(_lit(more))
-                    return out.fill_null(False)
+                    return out.fill_null(FALSE)
 
                 return has
 
@@ -590,7 +648,7 @@ class _Compiler:
             def elem(v: ir.Value) -> ir.BooleanValue:
                 return test(v, flt.op, flt.value, flt.values)
 
-            return lambda r: field_list(r, elem).anys().fill_null(False)
+            return lambda r: field_list(r, elem).anys().fill_null(FALSE)
         if "[]" in prop:
             raise UnsupportedRule(
                 "only properties.products[] is an array of objects the warehouse types",
@@ -677,15 +735,9 @@ class _Compiler:
         """
         self.f.event_names.add(event)
         tests = [self.property_test(flt, f"{_pre(path)}where.{i}") for i, flt in enumerate(where)]
-        wtest = self.window_test(window)
 
-        def rows(r: ir.Table) -> ir.BooleanValue:
-            cond = r["event"] == event
-            if wtest is not None:
-                cond = cond & wtest(r)
-            for t in tests:
-                cond = cond & t(r)
-            return cond
+        def filters(r: ir.Table) -> list[ir.BooleanValue]:
+            return [t(r) for t in tests]
 
         bounds = window.bounds(self.at) if window else None
         key = json.dumps(
@@ -694,7 +746,7 @@ class _Compiler:
         row_set = self.f.event_sets.get(key)
         if row_set is None:
             start, end = bounds if bounds else (None, None)
-            row_set = _RowSet(len(self.f.event_sets), event, start, rows, end, bool(where))
+            row_set = _RowSet(len(self.f.event_sets), event, start, filters, end, bool(where))
             self.f.event_sets[key] = row_set
         number = row_set.number
         sets = self.f.event_sets
@@ -780,22 +832,22 @@ class _Compiler:
             return v.substr(0, 10)
 
         def iso(v: ir.Value) -> ir.BooleanValue:
-            return v.re_search(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}").fill_null(False)
+            return v.re_search(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}").fill_null(FALSE)
 
         if op == "before":
-            return lambda v: iso(v) & (day(v) < str(cond.value)).fill_null(False)
+            return lambda v: iso(v) & (day(v) < str(cond.value)).fill_null(FALSE)
         if op == "after":
-            return lambda v: iso(v) & (day(v) > str(cond.value)).fill_null(False)
+            return lambda v: iso(v) & (day(v) > str(cond.value)).fill_null(FALSE)
         if op == "date_between":
             lo, hi = (str(v) for v in cond.values or ())
-            return lambda v: iso(v) & day(v).between(lo, hi).fill_null(False)
+            return lambda v: iso(v) & day(v).between(lo, hi).fill_null(FALSE)
         assert cond.days is not None
         if op == "within_last":
             lo = (today - timedelta(days=cond.days)).isoformat()
             hi = today.isoformat()
-            return lambda v: iso(v) & day(v).between(lo, hi).fill_null(False)
+            return lambda v: iso(v) & day(v).between(lo, hi).fill_null(FALSE)
         month_days = anniversary_days(today, cond.days)
-        return lambda v: iso(v) & v.substr(5, 5).isin(month_days).fill_null(False)
+        return lambda v: iso(v) & v.substr(5, 5).isin(month_days).fill_null(FALSE)
 
 
 _NAME_COLUMNS: dict[Source, tuple[str, str]] = {
@@ -878,14 +930,14 @@ def _event(c: _Compiler, rule: EventCondition, path: str) -> _Compiled:
     if not rule.performed or measure is None or measure.fn == "count":
         feat = c.f.add("events", f"count\x00{key}", lambda r: r.count(where=rows(r)))
         if not rule.performed:
-            return _Compiled(lambda t: t[feat].fill_null(0) == 0, True, frozenset())
+            return _Compiled(lambda t: t[feat].fill_null(ZERO) == 0, True, frozenset())
         if measure is None:
-            return _Compiled(lambda t: t[feat].fill_null(0) >= 1, False, frozenset({"events"}))
+            return _Compiled(lambda t: t[feat].fill_null(ZERO) >= 1, False, frozenset({"events"}))
         m = measure
         on_empty = _holds(0.0, m.op, m.value, m.values)
         value, values = _count_operand(m.value), _count_operands(m.values)
         return _Compiled(
-            lambda t: compare(t[feat].fill_null(0), m.op, value, values),
+            lambda t: compare(t[feat].fill_null(ZERO), m.op, value, values),
             on_empty,
             frozenset() if on_empty else frozenset({"events"}),
         )
@@ -904,7 +956,7 @@ def _event(c: _Compiler, rule: EventCondition, path: str) -> _Compiled:
         n = c.f.add("events", f"n\x00{prop}\x00{key}", lambda r: column(r).count(where=rows(r)))
 
         def avg_test(t: ir.Table) -> ir.BooleanValue:
-            count = t[n].fill_null(0)
+            count = t[n].fill_null(ZERO)
             return (count > 0) & money_compare(t[total], m.op, m.value, m.values, times=count)
 
         return _Compiled(avg_test, False, frozenset({"events"}))
@@ -927,7 +979,7 @@ def _event(c: _Compiler, rule: EventCondition, path: str) -> _Compiled:
     if fn == "sum":
         on_empty = _holds(0.0, m.op, m.value, m.values)
         return _Compiled(
-            lambda t: measure_compare(t[feat].fill_null(0), m.op, m.value, m.values),
+            lambda t: measure_compare(t[feat].fill_null(ZERO), m.op, m.value, m.values),
             on_empty,
             frozenset() if on_empty else frozenset({"events"}),
         )
@@ -973,7 +1025,7 @@ def _event_time(c: _Compiler, rule: EventTimeCondition, path: str) -> _Compiled:
 
         def cmp_test(t: ir.Table) -> ir.BooleanValue:
             cond = t[feat] < bound if op == "before" else t[feat] > bound
-            return cond.fill_null(False)
+            return cond.fill_null(FALSE)
 
         return _Compiled(cmp_test, False, frozenset({"events"}))
     assert rule.window is not None
@@ -983,8 +1035,8 @@ def _event_time(c: _Compiler, rule: EventTimeCondition, path: str) -> _Compiled:
         inside = t[feat] >= instant(start)
         inside = inside & (t[feat] < instant(end) if end is not None else t[feat] <= instant(c.at))
         if op == "within":
-            return inside.fill_null(False)
-        return t[feat].notnull() & ~inside.fill_null(False)
+            return inside.fill_null(FALSE)
+        return t[feat].notnull() & ~inside.fill_null(FALSE)
 
     return _Compiled(win_test, False, frozenset({"events"}))
 
@@ -1010,7 +1062,7 @@ def _segment(c: _Compiler, rule: SegmentCondition, path: str) -> _Compiled:
                 where=(r["segment_id"] == seg) & (r["snapshot_at"] == instant(taken))
             ),
         )
-        return _Compiled(lambda t: t[feat].fill_null(0) > 0, False, frozenset({"snapshots"}))
+        return _Compiled(lambda t: t[feat].fill_null(ZERO) > 0, False, frozenset({"snapshots"}))
     if seg in c._stack:
         chain = " → ".join([*c._stack, seg])
         raise UnsupportedRule(
@@ -1078,23 +1130,30 @@ def _event_scan(f: _Features, at: datetime) -> ir.Table:
         key = ("window", row_set.start, row_set.end) if shared else ("set", row_set.number)
         groups.setdefault(key, []).append(row_set)
     scans: list[ir.Table] = []
+    timestamp = ev["timestamp"]
     for sets in groups.values():
         first = sets[0]
-        preds: list[ir.BooleanValue] = [ev["timestamp"] <= at_lit]
+        # ``event = …`` (or ``IN``), ``timestamp`` within the window and up to ``at``, then
+        # the property filters, each built once (the order of the SQL's predicates).
+        preds: list[ir.BooleanValue] = [
+            ev["event"] == first.event
+            if len(sets) == 1
+            else ev["event"].isin([s.event for s in sets]),
+            timestamp <= at_lit,
+        ]
         if first.start is not None:
-            preds.append(ev["timestamp"] >= instant(first.start))
-        tag: ir.Value = ibis.literal(first.number, "int32")
+            preds.append(timestamp >= instant(first.start))
+        if first.end is not None:
+            preds.append(timestamp < instant(first.end))
+        tags: dict[str, ir.Value] = {}
         if len(sets) == 1:
-            preds[:0] = [ev["event"] == first.event]
-            preds.append(first.test(ev))
-        else:
-            preds[:0] = [ev["event"].isin([s.event for s in sets])]
-            if first.end is not None:
-                preds.append(ev["timestamp"] < instant(first.end))
-            tag = ibis.cases(
+            preds.extend(first.filters(ev))
+            if tagged:
+                tags[ROW_SET] = ibis.literal(first.number, "int32")
+        elif tagged:
+            tags[ROW_SET] = ibis.cases(
                 *((ev["event"] == s.event, s.number) for s in sets[:-1]), else_=sets[-1].number
             ).cast("int32")
-        tags = {ROW_SET: tag} if tagged else {}
         scans.append(
             select(ev, preds, **columns_of(ev, columns), **{STORED: ev["person_key"]}, **tags)
         )
@@ -1166,8 +1225,7 @@ class CompiledRule:
     """A rule compiled as of ``at``.
 
     ``keys`` has one column, ``person_key``: the members' keys. Every SQL text
-    is derived from one compilation of it per dialect (ibis's rewrites are
-    most of a compile's 20-80 ms; wrapping the compiled tree costs ~1 ms):
+    embeds the keys' query, written once per dialect and layout (``_parts``):
 
     - ``sql``: one column ``one_id``, the members mapped back through
       ``person_keys`` (one join, on the members only);
@@ -1179,19 +1237,19 @@ class CompiledRule:
     at: datetime
     event_names: frozenset[str]
     trait_keys: frozenset[str]
-    _trees: dict[str, tuple[sge.With | None, sge.Select]] = field(
+    _parts: dict[tuple[SqlDialect, bool], _KeysText] = field(
         default_factory=dict, compare=False, repr=False
     )
 
     def sql(self, dialect: SqlDialect, *, pretty: bool = True) -> str:
         """The members' ONE_IDs (``pretty``: formatted for people; off, a little faster)."""
-        query = self._members(dialect)
+        query = _members()
         query = query.select(sge.column("one_id", table="k", quoted=True), copy=False)
         return self._text(dialect, query, pretty)
 
     def count_sql(self, dialect: SqlDialect) -> str:
         """One row, one column ``n``: the number of members (no mapping to ONE_IDs)."""
-        query = self._wrapped(dialect)
+        query = _wrapped()
         # ``count(person_key)``, not ``count(*)``: the keys may hold one NULL (see
         # ``compile_rule``), which is nobody.
         key = sge.column("person_key", table="m", quoted=True)
@@ -1201,7 +1259,7 @@ class CompiledRule:
     def sample_sql(self, dialect: SqlDialect, sample: int) -> str:
         """Up to ``sample`` members, first by ONE_ID, each with ``members``: how many
         there are in all. The members are computed once for both."""
-        query = self._members(dialect)
+        query = _members()
         one_id = sge.column("one_id", table="k", quoted=True)
         total = sge.Window(this=sge.Count(this=sge.Star()))
         query = query.select(one_id, sge.alias_(total, "members", quoted=True), copy=False)
@@ -1210,46 +1268,88 @@ class CompiledRule:
         )
         return self._text(dialect, query, False)
 
-    def _wrapped(self, dialect: SqlDialect) -> sge.Select:
-        """``SELECT … FROM (keys) AS "m"`` with the keys' CTEs hoisted to the top.
+    def _keys_text(self, dialect: SqlDialect, pretty: bool) -> _KeysText:
+        """The keys' query written for ``dialect``: compiled, written and kept as text.
 
-        The keys are compiled once per dialect and kept as (CTEs, body); every
-        query built embeds copies (a copy costs about a tenth of a compile), so
-        the kept trees are never changed and a compiled rule may be shared by
-        threads (``segments.plans``)."""
-        parts = self._trees.get(dialect)
-        if parts is None:
-            with_, tree = sqlext.to_sqlglot(self.keys, dialect)
+        Texts are immutable, so a compiled rule may be shared by threads
+        (``segments.plans``); two threads asking at once both compile, and
+        either result is kept. The tree sqlglot writes is this call's own (the
+        generator may change it), so nothing is copied: the first text of a
+        dialect costs one compile and one write of the keys, each further text
+        in that layout only its few outer lines. (Until session 8 the compiled
+        tree was kept and copied for every text: a tenth of a compile.)"""
+        found = self._parts.get((dialect, pretty))
+        if found is None:
+            with_, body = sqlext.to_sqlglot(self.keys, dialect)
             if dialect == "duckdb" and with_ is not None:
                 _inline_plain_ctes(with_)
-            parts = self._trees[dialect] = (with_, tree)
-        ctes = parts[0].copy() if parts[0] is not None else None
-        body = parts[1].copy()
-        alias = sge.TableAlias(this=sge.to_identifier("m", quoted=True))
-        query = sge.Select().from_(sge.Subquery(this=body, alias=alias), copy=False)
-        if ctes is not None:
-            query.set("with_", ctes)
-        return query
+            write = _dialect(dialect)
+            ctes = "" if with_ is None else write.generate(with_, copy=False, pretty=pretty)
+            found = self._parts[(dialect, pretty)] = _KeysText(
+                ctes, write.generate(body, copy=False, pretty=pretty)
+            )
+        return found
 
-    def _members(self, dialect: SqlDialect) -> sge.Select:
-        """The wrapped keys joined to ``person_keys`` (as ``"k"``), nothing selected yet."""
-        query = self._wrapped(dialect)
-        on = sge.EQ(
-            this=sge.column("person_key", table="m", quoted=True),
-            expression=sge.column("person_key", table="k", quoted=True),
-        )
-        table = sge.Table(
-            this=sge.to_identifier("person_keys", quoted=True),
-            alias=sge.TableAlias(this=sge.to_identifier("k", quoted=True)),
-        )
-        return query.join(table, on=on, join_type="inner", copy=False)
+    def _text(self, dialect: SqlDialect, query: sge.Select, pretty: bool) -> str:
+        """``query`` (built on ``_wrapped``) with the keys' query in place of the
+        placeholder and the keys' CTEs first: the text sqlglot writes for the whole
+        tree (``tests/segments/test_lean_compile.py`` checks they are equal)."""
+        keys = self._keys_text(dialect, pretty)
+        outer = _dialect(dialect).generate(query, copy=False, pretty=pretty)
+        at = outer.index(_KEYS_PLACEHOLDER)
+        # sqlglot writes a subquery at the root, then indents each of its lines by the
+        # subquery's depth: the placeholder's own indentation, in ``pretty`` text.
+        indent = outer[outer.rfind("\n", 0, at) + 1 : at] if pretty else ""
+        if indent.strip():  # pragma: no cover - the placeholder stands on its own line
+            raise AssertionError(f"unexpected text before the keys: {indent!r}")
+        body = keys.body.replace("\n", "\n" + indent) if indent else keys.body
+        text = outer[:at] + body + outer[at + len(_KEYS_PLACEHOLDER) :]
+        if keys.ctes:
+            text = keys.ctes + ("\n" if pretty else " ") + text
+        return text
 
-    @staticmethod
-    def _text(dialect: SqlDialect, query: sge.Select, pretty: bool) -> str:
-        # ``query`` is this call's own tree (``_wrapped`` copies the kept one): the
-        # generator may change it, so it needs no copy of its own.
-        dialect_cls = getattr(sql_compilers, dialect).compiler.dialect
-        return str(query.sql(dialect=dialect_cls, pretty=pretty, copy=False))
+
+@dataclass(frozen=True)
+class _KeysText:
+    """The keys' query as SQL text: its CTEs (``WITH …``, empty when none) and the
+    query that reads them."""
+
+    ctes: str
+    body: str
+
+
+_KEYS_PLACEHOLDER = "zhiying_keys_placeholder"
+"""The name the outer query's skeleton reads instead of the keys' query (written
+unquoted by every dialect, appearing nowhere else)."""
+
+
+def _dialect(dialect: SqlDialect) -> sg.Dialect:
+    """sqlglot's dialect of ``dialect`` (the one ibis compiles for), as
+    ``Expression.sql(dialect=…)`` makes it."""
+    return sg.Dialect.get_or_raise(getattr(sql_compilers, dialect).compiler.dialect)
+
+
+def _wrapped() -> sge.Select:
+    """``SELECT … FROM (keys) AS "m"``, the keys' query a placeholder (``CompiledRule._text``)."""
+    keys = sge.Table(this=sge.to_identifier(_KEYS_PLACEHOLDER, quoted=False))
+    alias = sge.TableAlias(this=sge.to_identifier("m", quoted=True))
+    return sge.Select().from_(sge.Subquery(this=keys, alias=alias), copy=False)
+
+
+def _members() -> sge.Select:
+    """The wrapped keys joined to ``person_keys`` (as ``"k"``), nothing selected yet."""
+    query = _wrapped()
+    on = sge.EQ(
+        this=sge.column("person_key", table="m", quoted=True),
+        expression=sge.column("person_key", table="k", quoted=True),
+    )
+    table = sge.Table(
+        this=sge.to_identifier("person_keys", quoted=True),
+        alias=sge.TableAlias(this=sge.to_identifier("k", quoted=True)),
+    )
+    # The join node itself: ``query.join(table, on=on, join_type="inner")`` parses
+    # "inner" with sqlglot's parser at every call.
+    return query.join(sge.Join(this=table, kind="INNER", on=on), copy=False)
 
 
 def _inline_plain_ctes(with_: sge.With) -> None:
@@ -1286,7 +1386,7 @@ def compile_rule(rule: Rule, at: datetime, catalog: Catalog | None = None) -> Co
 
     def features(source: Source, rows: ir.Table) -> ir.Table:
         aggs = c.f.aggs[source]
-        return rows.group_by(PERSON).aggregate(**{n: fn(rows) for n, fn in aggs.items()})
+        return aggregate(rows, {PERSON: rows[PERSON]}, {n: fn(rows) for n, fn in aggs.items()})
 
     tables: dict[Source, ir.Table] = {}
     driver = _driver(root, sources)
