@@ -28,7 +28,8 @@ def replay(
 ) -> dict[str, Any]:
     """Resolve ``stream`` cut into batches at ``cuts`` (``committed`` runs after each
     batch's commit) and return the stored state with every ONE_ID named by the smallest
-    identifier it ever owned (a loser by the first identifier its merge names)."""
+    identifier it ever owned (a loser by the first identifier its merge names), ONE_IDs
+    with the rank of their mint order."""
     with engine.begin() as conn:
         for name in _TABLES:
             conn.exec_driver_sql(f"DELETE FROM {name}")
@@ -63,11 +64,17 @@ def replay(
     def n(one_id: str | None) -> str | None:
         return None if one_id is None else name.get(one_id, "?" + one_id)
 
+    # Mint orders as ranks: the store's counter is not reset between runs.
+    minted = {o.one_id: i for i, o in enumerate(sorted(ids, key=lambda o: o.mint_order))}
+
     return {
         "rows": [n(o) for o in per_row],
         "identifiers": sorted((i.kind, i.value, n(i.one_id), i.first_seen) for i in idents),
         "last_seen": {(i.kind, i.value): i.last_seen for i in idents},
-        "one_ids": sorted((n(o.one_id), o.created_at, n(o.merged_into), o.merged_at) for o in ids),
+        "one_ids": sorted(
+            (n(o.one_id), o.created_at, n(o.merged_into), o.merged_at, minted[o.one_id])
+            for o in ids
+        ),
         "merges": sorted(
             (n(m.winner), n(m.loser), m.kind, m.value, m.reason, m.message_id, m.merged_at)
             for m in merged

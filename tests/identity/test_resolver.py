@@ -153,9 +153,29 @@ def test_event_without_identifiers_has_no_one_id() -> None:
 
 def test_loaded_one_id_keeps_its_user_id_limit() -> None:
     r = Resolver(counter())
-    r.load({("device_id", "d"): "stored"}, {"stored": KnownOneId(T0, {"user_id": "alice"})})
+    r.load({("device_id", "d"): "stored"}, {"stored": KnownOneId(T0, {"user_id": "alice"}, 1)})
     bob = r.observe(obs(1, U("bob"), ("device_id", "d")))
     assert bob != "stored" and r.conflicts[0].other_one_id == "stored"
+
+
+def test_between_stored_twins_the_one_minted_first_wins_whatever_its_text() -> None:
+    r = Resolver(counter())
+    r.load(
+        {("phone", "p"): "u_zzz", ("wechat_unionid", "w"): "u_aaa"},
+        {"u_zzz": KnownOneId(T0, {}, 7), "u_aaa": KnownOneId(T0, {"wechat_unionid": "w"}, 9)},
+    )
+    assert r.observe(obs(5, ("phone", "p"), ("wechat_unionid", "w"))) == "u_zzz"
+    assert (r.merges[0].winner, r.merges[0].loser) == ("u_zzz", "u_aaa")
+
+
+def test_a_stored_one_id_wins_over_twins_minted_in_the_batch_which_win_in_mint_order() -> None:
+    r = Resolver(lambda: f"u_{9 - r.minted_count}")  # later mints sort first as text
+    r.load({("phone", "p"): "u_stored"}, {"u_stored": KnownOneId(T0, {}, 3)})
+    first, second = r.observe(obs(0, A("a1"))), r.observe(obs(0, A("a2")))
+    assert (first, second) == ("u_9", "u_8")
+    assert r.observe(obs(0, A("a2"), A("a1"))) == first
+    assert r.observe(obs(0, A("a1"), ("phone", "p"))) == "u_stored"
+    assert [(m.winner, m.loser) for m in r.merges] == [(first, second), ("u_stored", first)]
 
 
 def test_plain_union_find_would_merge_what_the_rules_keep_apart() -> None:
@@ -211,6 +231,7 @@ class MemoryStore:
         self.new_id = new_id
         self.owners: dict[Ident, str] = {}
         self.created: dict[str, datetime] = {}
+        self.orders: dict[str, int] = {}
 
     def resolve(self, batch: list[Observation]) -> list[str | None]:
         wanted: set[Ident] = set()
@@ -227,6 +248,7 @@ class MemoryStore:
                     for (k, v), o in self.owners.items()
                     if o == one_id and k in ("user_id", "wechat_unionid")
                 },
+                self.orders[one_id],
             )
             for one_id in set(owners.values())
         }
@@ -234,6 +256,8 @@ class MemoryStore:
         r.load(owners, known)
         targets = [r.observe(o) for o in batch]
         self.created.update(r.new_one_ids)
+        for one_id in r.new_one_ids:  # in the order minted
+            self.orders[one_id] = len(self.orders) + 1
         for loser in r.merged_away:
             winner = r.find(loser)
             for ident, one_id in list(self.owners.items()):

@@ -405,5 +405,5 @@ def test_the_joined_example_of_the_docs(engine: sa.Engine) -> None:
     assert (winner, kind, value, message_id) == ("anonymous_id:a1", "anonymous_id", "a2", "m3")
     assert reason == "track: one event carried identifiers of both"
     assert merged_at.minute == 20
-    created = {name: at for name, at, _, _ in stored["one_ids"]}
+    created = {name: at for name, at, _, _, _ in stored["one_ids"]}
     assert created["anonymous_id:a1"].minute == 0 and created[loser].minute == 5

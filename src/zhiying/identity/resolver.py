@@ -17,7 +17,10 @@ Rules (``docs/identity.md`` has examples):
    owner, the event goes to the ONE_ID of its strongest identifier (its
    ``user_id`` if it has one) and a conflict naming the rule is recorded.
 3. The winner of a merge is the ONE_ID holding a ``user_id``; otherwise the
-   older one (first seen earlier). The loser keeps no identifiers.
+   older one (first seen earlier); between two first seen at the same instant,
+   the one minted first (stored ONE_IDs by their ``mint_order``, before the
+   ONE_IDs this resolver mints, which come in the order it minted them). The
+   loser keeps no identifiers.
 4. Identifiers are considered strongest first (``PRECEDENCE``): when an
    event's identifiers belong to ONE_IDs that must not merge, the event goes
    with the strongest.
@@ -96,10 +99,17 @@ class Observation:
 
 @dataclass(frozen=True, slots=True)
 class KnownOneId:
-    """A live ONE_ID loaded from the store: when it was first seen and its limited identifiers."""
+    """A live ONE_ID loaded from the store: when it was first seen, its limited
+    identifiers and its ``mint_order`` (the store's count of ONE_IDs minted up to
+    and including it; ``UNORDERED`` for a row written without one)."""
 
     created_at: datetime
     limited: Mapping[str, str]
+    order: int
+
+
+UNORDERED: Final = 1 << 62
+"""``KnownOneId.order`` of a stored ONE_ID with no ``mint_order``: after every numbered one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +139,9 @@ class IdentityConflict:
 @dataclass(slots=True)
 class _Node:
     created_at: datetime
-    order: int  # loaded ONE_IDs before new ones, new ones in creation order
+    order: int  # loaded: the stored mint order; new: 1, 2, ... in the order minted
     limited: dict[str, str]
-    is_new: bool
+    is_new: bool  # minted here, so after every loaded ONE_ID in mint order
 
 
 @dataclass(slots=True)
@@ -167,7 +177,7 @@ class Resolver:
         for one_id, known in one_ids.items():
             if one_id in self._nodes or one_id in self._parent:
                 continue
-            self._nodes[one_id] = _Node(known.created_at, -1, dict(known.limited), False)
+            self._nodes[one_id] = _Node(known.created_at, known.order, dict(known.limited), False)
             self._loaded_ids.add(one_id)
         for ident, one_id in owners.items():
             if one_id not in self._nodes:
@@ -198,8 +208,14 @@ class Resolver:
 
     @property
     def new_one_ids(self) -> dict[str, datetime]:
-        """ONE_IDs minted by ``observe`` (live or already merged), with when first seen."""
+        """ONE_IDs minted by ``observe`` (live or already merged), with when first seen,
+        in the order they were minted (the order their ``mint_order`` must follow)."""
         return dict(self._created)
+
+    @property
+    def minted_count(self) -> int:
+        """How many ONE_IDs ``observe`` has minted so far."""
+        return self._seq
 
     @property
     def merged_away(self) -> list[str]:
@@ -314,12 +330,20 @@ class Resolver:
         self._created[one_id] = at
         return one_id
 
+    def _age(self, one_id: str) -> tuple[datetime, bool, int, str]:
+        """Merge order between ONE_IDs of which neither or both hold a ``user_id``:
+        first seen earlier, then minted earlier (a stored ONE_ID before one minted
+        here, stored ones by mint order, new ones in the order minted). Mint orders
+        are distinct, so the text (last) only orders a store's unnumbered rows."""
+        node = self._nodes[one_id]
+        return (node.created_at, node.is_new, node.order, one_id)
+
     def _merge(self, a: str, b: str, via: Ident, obs: Observation) -> str:
         na, nb = self._nodes[a], self._nodes[b]
         if (USER_ID in na.limited) != (USER_ID in nb.limited):
             winner = a if USER_ID in na.limited else b
         else:
-            winner = min(a, b, key=lambda o: (self._nodes[o].created_at, self._nodes[o].order, o))
+            winner = min(a, b, key=self._age)
         loser = b if winner == a else a
         self._parent[loser] = winner
         self._nodes[winner].limited.update(self._nodes[loser].limited)

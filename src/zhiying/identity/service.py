@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any, Final
 
 import numpy as np
@@ -59,6 +60,7 @@ from zhiying.identity.resolver import (
     _CUSTOM_RANK,
     LIMITED_KINDS,
     PRECEDENCE,
+    UNORDERED,
     Ident,
     KnownOneId,
     Resolver,
@@ -137,6 +139,30 @@ _GENERATION_BUMP: Final = (
 )
 
 
+_MINT_ORDERS: Final = (
+    "INSERT INTO identity_generation (id, generation, minted) VALUES (1, 0, ?) "
+    "ON CONFLICT (id) DO UPDATE SET minted = identity_generation.minted + excluded.minted "
+    "RETURNING minted"
+)
+
+_ONE_ID_COLUMNS: Final = ("one_id", "created_at", "merged_into", "merged_at", "mint_order")
+
+
+def _reserve_mint_orders(db: BulkSql, count: int) -> int:
+    """The first of ``count`` consecutive mint orders for the ONE_IDs a batch mints.
+
+    The store counts the ONE_IDs minted (``identity_generation.minted``) and the
+    counter moves under the resolution lock, inside the batch's transaction, so
+    orders follow the order batches are resolved in and a rolled-back batch
+    leaves no gap. Rule 4 of docs/identity.md: between two ONE_IDs first seen at
+    the same instant, the lower mint order wins a merge.
+    """
+    if count == 0:
+        return 0
+    total = int(db.fetch(_MINT_ORDERS, (count,))[0][0])
+    return total - count + 1
+
+
 def _generation(db: BulkSql) -> int:
     """The store's merge generation (``zhiying.identity.cache``); 0 before the first merge."""
     rows = db.fetch("SELECT generation FROM identity_generation WHERE id = 1", ())
@@ -180,16 +206,19 @@ def _load(
                 stored[(kind, value)] = _Stored(owner, first, last)
 
     created: dict[str, datetime] = {}
+    orders: dict[str, int] = {}
     redirect: dict[str, str] = {}
 
     def read_one_ids(ids: list[str]) -> None:
         for chunk in _chunks(ids, LIST_CHUNK):
             test, param = db.in_values(chunk)
-            for one_id, created_at, merged_into in db.fetch(
-                f"SELECT one_id, created_at, merged_into FROM one_ids WHERE one_id {test}",
+            for one_id, created_at, merged_into, order in db.fetch(
+                "SELECT one_id, created_at, merged_into, mint_order FROM one_ids "
+                f"WHERE one_id {test}",
                 (param,),
             ):
                 created[one_id] = db.read_time(created_at)
+                orders[one_id] = UNORDERED if order is None else int(order)
                 if merged_into is not None:
                     redirect[one_id] = merged_into
 
@@ -216,7 +245,10 @@ def _load(
             (param,),
         ):
             limited[one_id][kind] = value
-    known = {o: KnownOneId(created_at=created[o], limited=limited.get(o, {})) for o in live}
+    known = {
+        o: KnownOneId(created_at=created[o], limited=limited.get(o, {}), order=orders[o])
+        for o in live
+    }
     return stored, known
 
 
@@ -493,18 +525,25 @@ def _interleave(chosen: np.ndarray, picked: pa.Array, others: pa.Array) -> pa.Ar
 
 
 def _resolver_one_id_rows(
-    db: BulkSql, resolver: Resolver, merged_at: dict[str, datetime], aliases: dict[str, str]
+    db: BulkSql,
+    resolver: Resolver,
+    merged_at: dict[str, datetime],
+    aliases: dict[str, str],
+    orders: Sequence[int],
 ) -> list[tuple[Any, ...]]:
-    """``one_ids`` rows of the ONE_IDs the resolver minted; those already merged
-    away point at their owner and are added to ``aliases``."""
+    """``one_ids`` rows (``_ONE_ID_COLUMNS``) of the ONE_IDs the resolver minted, with
+    ``orders`` (aligned with ``resolver.new_one_ids``, i.e. in the order minted); those
+    already merged away point at their owner and are added to ``aliases``."""
     rows: list[tuple[Any, ...]] = []
     minted = resolver.new_one_ids
-    for one_id, created_at in zip(minted, db.times(list(minted.values())), strict=True):
+    for one_id, created_at, order in zip(
+        minted, db.times(list(minted.values())), orders, strict=True
+    ):
         now_in = resolver.find(one_id)
         if now_in == one_id:
-            rows.append((one_id, created_at, None, None))
+            rows.append((one_id, created_at, None, None, order))
         else:
-            rows.append((one_id, created_at, now_in, db.time(merged_at[one_id])))
+            rows.append((one_id, created_at, now_in, db.time(merged_at[one_id]), order))
             aliases[one_id] = now_in
     return rows
 
@@ -544,8 +583,10 @@ def _write(
     merged_at = {m.loser: m.merged_at for m in resolver.merges}
     aliases: dict[str, str] = {}
 
-    new_rows = _resolver_one_id_rows(db, resolver, merged_at, aliases)
-    db.insert("one_ids", ("one_id", "created_at", "merged_into", "merged_at"), new_rows)
+    first_order = _reserve_mint_orders(db, resolver.minted_count)
+    orders = range(first_order, first_order + resolver.minted_count)
+    new_rows = _resolver_one_id_rows(db, resolver, merged_at, aliases, orders)
+    db.insert("one_ids", _ONE_ID_COLUMNS, new_rows)
     old_losers = _repoint_stored_losers(db, resolver, merged_at, aliases)
 
     inserts: list[tuple[Any, ...]] = []
@@ -798,7 +839,9 @@ def _mint_many(count: int) -> list[str]:
     """``count`` fresh ONE_IDs (``new_one_id`` form: ``u_`` + 20 lower-case base32
     characters, 100 random bits) from one random draw: each random byte's low five
     bits pick a character (256 is a multiple of 32, so every character is equally
-    likely), without Python's per-byte base32 encoder."""
+    likely), without Python's per-byte base32 encoder. Returned in text order (sorted
+    by Arrow here, rows keyed by them need no sort of Python tuples later); nothing
+    depends on that order but the cost of writing them in key order."""
     if count == 0:
         return []
     text = np.empty((count, 22), dtype=np.uint8)
@@ -809,7 +852,7 @@ def _mint_many(count: int) -> list[str]:
     strings = pa.Array.from_buffers(
         pa.string(), count, [None, pa.py_buffer(offsets), pa.py_buffer(text)]
     )
-    ids: list[str] = strings.to_pylist()
+    ids: list[str] = strings.take(pc.sort_indices(strings)).to_pylist()
     return ids
 
 
@@ -823,6 +866,7 @@ class _Known:
     last: np.ndarray
     one_ids: list[str]  # live stored owners
     created: list[Any]  # their created_at, driver form
+    orders: list[int]  # their mint_order (``UNORDERED`` when stored without one)
     limited: dict[str, dict[str, str]]
 
 
@@ -862,16 +906,19 @@ def _known(db: BulkSql, kinds: pa.Array, values: pa.Array) -> _Known:
             raw_owner[i] = owner
     distinct = sorted({o for o in raw_owner if o is not None})
     created: dict[str, Any] = {}
+    orders: dict[str, int] = {}
     redirect: dict[str, str] = {}
 
     def read_one_ids(ids: list[str]) -> None:
         for chunk in _chunks(ids, LIST_CHUNK):
             test, param = db.in_values(chunk)
-            for one_id, created_at, merged_into in db.fetch(
-                f"SELECT one_id, created_at, merged_into FROM one_ids WHERE one_id {test}",
+            for one_id, created_at, merged_into, order in db.fetch(
+                "SELECT one_id, created_at, merged_into, mint_order FROM one_ids "
+                f"WHERE one_id {test}",
                 (param,),
             ):
                 created[one_id] = created_at
+                orders[one_id] = UNORDERED if order is None else int(order)
                 if merged_into is not None:
                     redirect[one_id] = merged_into
 
@@ -898,7 +945,16 @@ def _known(db: BulkSql, kinds: pa.Array, values: pa.Array) -> _Known:
             (param,),
         ):
             limited[one_id][kind] = value
-    return _Known(owner, raw_owner, first, last, live, [created[o] for o in live], limited)
+    return _Known(
+        owner,
+        raw_owner,
+        first,
+        last,
+        live,
+        [created[o] for o in live],
+        [orders[o] for o in live],
+        limited,
+    )
 
 
 def _precedence_rank(kinds: pa.Array, values: pa.Array) -> np.ndarray:
@@ -990,10 +1046,24 @@ def _resolve_set_based(db: BulkSql, events: pa.Table, now: datetime, generation:
         r_owners[(kind, value)] = one_id
         if one_id not in r_known:
             r_known[one_id] = KnownOneId(
-                created_at=db.read_time(known.created[o]), limited=known.limited.get(one_id, {})
+                created_at=db.read_time(known.created[o]),
+                limited=known.limited.get(one_id, {}),
+                order=known.orders[o],
             )
     resolver.load(r_owners, r_known)
-    r_targets = [resolver.observe(obs) for obs in observations(cols, residual)]
+    r_targets: list[str | None] = []
+    minted_after: list[int] = []  # ONE_IDs the resolver minted up to each residual tuple
+    for obs in observations(cols, residual):
+        r_targets.append(resolver.observe(obs))
+        minted_after.append(resolver.minted_count)
+    # The tuple that minted each of the resolver's ONE_IDs (in the order minted).
+    r_mint_tuple = residual[
+        np.searchsorted(
+            np.array(minted_after, dtype=np.int64),
+            np.arange(resolver.minted_count),
+            side="right",
+        )
+    ]
 
     # Every tuple's ONE_ID, current as of the end of the batch: a holder code per tuple
     # (the residual's ONE_IDs appended after the holders), one take per row.
@@ -1014,6 +1084,7 @@ def _resolve_set_based(db: BulkSql, events: pa.Table, now: datetime, generation:
         decided,
         resolver,
         minted,
+        r_mint_tuple,
         holders,
         flat_ident,
         alias_ident,
@@ -1037,6 +1108,23 @@ def _resolve_set_based(db: BulkSql, events: pa.Table, now: datetime, generation:
     )
 
 
+def _mint_places(static_tuple: np.ndarray, resolver_tuple: np.ndarray, n: int) -> np.ndarray:
+    """Each ONE_ID a set-based batch minted (the static ones, then the resolver's), its
+    place in the order the resolver would have minted them all: by minting tuple (of
+    ``n``, numbered in time order). A static tuple mints one ONE_ID; the residual tuples
+    are others, and a residual tuple's ONE_IDs come in the order minted
+    (``resolver_tuple`` is non-decreasing). A counting sort: no comparison sort."""
+    both = np.concatenate([static_tuple, resolver_tuple])
+    counts = np.bincount(both, minlength=n)
+    place: np.ndarray = (np.cumsum(counts) - counts)[both]
+    if len(resolver_tuple):
+        rank_in_tuple = np.arange(len(resolver_tuple)) - np.searchsorted(
+            resolver_tuple, resolver_tuple, side="left"
+        )
+        place[len(static_tuple) :] += rank_in_tuple
+    return place
+
+
 def _present_at(values: pa.Array) -> np.ndarray:
     ok = pc.fill_null(pc.greater(pc.utf8_length(values), 0), False)
     return np.flatnonzero(ok.to_numpy(zero_copy_only=False))
@@ -1049,6 +1137,7 @@ def _write_set_based(
     decided: setwise.Plan,
     resolver: Resolver,
     minted: list[str],
+    r_mint_tuple: np.ndarray,
     holders: list[str],
     flat_ident: np.ndarray,
     alias_ident: np.ndarray,
@@ -1074,16 +1163,25 @@ def _write_set_based(
     ):
         into[lo], lost_at[lo] = holders[w], at
         aliases[minted[lo]] = holders[w]
+    place = _mint_places(decided.mint_tuple, r_mint_tuple, cols.n)
+    orders = _reserve_mint_orders(db, len(place)) + place
     rows: list[tuple[Any, ...]] = list(
-        zip(minted, db.times_of_micros(decided.mint_created), into, lost_at, strict=True)
+        zip(
+            minted,
+            db.times_of_micros(decided.mint_created),
+            into,
+            lost_at,
+            orders[: len(minted)].tolist(),
+            strict=True,
+        )
     )
-    rows.extend(_resolver_one_id_rows(db, resolver, merged_at, aliases))
-    # In key order: index pages are filled one after the other.
-    in_order = pc.sort_indices(pa.array([row[0] for row in rows], pa.string())).to_numpy()
-    rows = [rows[i] for i in in_order.tolist()]
-    db.insert(
-        "one_ids", ("one_id", "created_at", "merged_into", "merged_at"), rows, rebuild_indexes=True
+    rows.extend(
+        _resolver_one_id_rows(db, resolver, merged_at, aliases, orders[len(minted) :].tolist())
     )
+    # In key order: index pages are filled one after the other. ``minted`` comes in
+    # text order, so this sort merges the resolver's few rows into one sorted run.
+    rows.sort(key=itemgetter(0))
+    db.insert("one_ids", _ONE_ID_COLUMNS, rows, rebuild_indexes=True)
     _repoint_stored_losers(db, resolver, merged_at, aliases)
 
     # Seen times of every identifier: its tuples' first/last, then the resolver's

@@ -100,7 +100,9 @@ class Plan:
 
     A *holder code* names a ONE_ID: below ``n_owners`` a stored one (the index
     ``Batch.owner`` uses), from ``n_owners`` on the new ONE_ID ``code - n_owners``
-    of ``mint_created`` (its first-seen time, µs). Per tuple: ``klass`` and
+    of ``mint_created`` (its first-seen time, µs) and ``mint_tuple`` (the tuple
+    whose observation mints it: the resolver mints at most one ONE_ID per static
+    tuple, so these are distinct and give the mint order). Per tuple: ``klass`` and
     ``target`` (holder code, -1 for EMPTY and RESIDUAL). ``assign_ident`` /
     ``assign_target``: identifiers the store does not know and their holder code.
     ``conflict_tuple`` / ``conflict_ident`` / ``conflict_other``: ``one_user_id``
@@ -115,6 +117,7 @@ class Plan:
     klass: np.ndarray
     target: np.ndarray
     mint_created: np.ndarray
+    mint_tuple: np.ndarray
     assign_ident: np.ndarray
     assign_target: np.ndarray
     conflict_tuple: np.ndarray
@@ -231,8 +234,10 @@ def plan(batch: Batch) -> Plan:
     klass[new] = NEW
     new_comps, new_mint = np.unique(t_label[new], return_inverse=True)
     target[new] = n_owners + new_mint
-    mint_created = np.full(len(new_comps), _BIG, dtype=np.int64)
-    np.minimum.at(mint_created, new_mint, batch.first_at[new])
+    # Each new ONE_ID's minting tuple (tuples are numbered in time order: its
+    # first-seen time is that tuple's); a NEW component's is its root, the earliest.
+    mint_tuple = np.full(len(new_comps), _BIG, dtype=np.int64)
+    np.minimum.at(mint_tuple, new_mint, np.flatnonzero(new))
 
     # ANCHORED: every owner met holds a user_id (stored, or a new user's ONE_ID).
     user_f = batch.is_user[fi]
@@ -335,9 +340,7 @@ def plan(batch: Batch) -> Plan:
     user_codes = user_codes[user_codes >= pending_code]
     renumber = np.full(n_idents, -1, dtype=np.int64)
     renumber[user_codes - pending_code] = n_owners + len(new_comps) + np.arange(len(user_codes))
-    mint_created = np.concatenate(
-        [mint_created, batch.first_at[first_t[user_codes - pending_code]]]
-    )
+    mint_tuple = np.concatenate([mint_tuple, first_t[user_codes - pending_code]])
 
     def final(codes: np.ndarray) -> np.ndarray:
         mapped = codes.copy()
@@ -349,20 +352,21 @@ def plan(batch: Batch) -> Plan:
     # JOINED: new users' ONE_IDs next, then one per merged device.
     comp_code = np.full(size, -1, dtype=np.int64)
     comp_code[j_comps] = user_owner[j_comps]
-    comp_code[j_new] = n_owners + len(mint_created) + np.arange(len(j_new))
-    mint_created = np.concatenate([mint_created, batch.first_at[born[first_user_t[j_new]]]])
+    comp_code[j_new] = n_owners + len(mint_tuple) + np.arange(len(j_new))
+    mint_tuple = np.concatenate([mint_tuple, born[first_user_t[j_new]]])
     decided[joined] = comp_code[t_label[joined]]
     lost = np.flatnonzero(~adopted)
     lost = lost[np.lexsort((batch.rank[device[lost]], meet[device[lost]]))]
-    loser = n_owners + len(mint_created) + np.arange(len(lost))
-    mint_created = np.concatenate([mint_created, batch.first_at[ft[device_rows[lost]]]])
+    loser = n_owners + len(mint_tuple) + np.arange(len(lost))
+    mint_tuple = np.concatenate([mint_tuple, ft[device_rows[lost]]])
 
     conflict_rows = a_rows[clash]
     return Plan(
         n_owners=n_owners,
         klass=klass,
         target=decided,
-        mint_created=mint_created,
+        mint_created=batch.first_at[mint_tuple],
+        mint_tuple=mint_tuple,
         assign_ident=idents,
         assign_target=decided[ft[firsts]],
         conflict_tuple=ft[conflict_rows],

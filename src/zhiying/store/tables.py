@@ -69,6 +69,10 @@ one_ids = sa.Table(
     # Set when this ONE_ID was merged into another; it then owns no identifiers.
     sa.Column("merged_into", sa.String(40), nullable=True, index=True),
     sa.Column("merged_at", UtcDateTime(), nullable=True),
+    # The order it was minted in (1, 2, ...; migration 0008_one_id_mint_order): between
+    # ONE_IDs first seen at the same instant, the lower wins a merge. Null for rows
+    # written by other means (they come after the numbered ones).
+    sa.Column("mint_order", sa.BigInteger, nullable=True),
 )
 
 identifiers = sa.Table(
@@ -339,12 +343,14 @@ segment_snapshots = sa.Table(
 
 # One row (id = 1). Every identity merge increments ``generation`` in its own
 # transaction; processes that cache identifier → ONE_ID drop their cache when
-# they see it move (``zhiying.identity.cache``).
+# they see it move (``zhiying.identity.cache``). ``minted`` counts the ONE_IDs
+# minted: the last ``one_ids.mint_order`` given (migration 0008_one_id_mint_order).
 identity_generation = sa.Table(
     "identity_generation",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("generation", sa.BigInteger, nullable=False),
+    sa.Column("minted", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 # --- worker: job leases (migration 0005_worker_leases) -------------------------------
