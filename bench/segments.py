@@ -44,8 +44,11 @@ Per segment, in one process:
   faster;
 * **chdb**: the compiled ClickHouse SQL on the same data in chdb.
 
-Each figure is the best of 3 runs (ours and hand SQL interleaved); member
-counts are cross-checked. Then the
+Each figure is the best of ``--runs`` runs (default 5; ours, hand SQL and planned
+interleaved); pandas the best of ``--pandas-runs`` (default 2). The speed-up over
+pandas is counted against the faster of its two forms, and the hand SQL's own
+speed-up is printed beside ours: where the floor itself is under 10×, no plan that
+merely matches it can meet that target. Member counts are cross-checked. Then the
 preview of the seed segment (count + 20 profiles + SQL, through
 ``segments.service.preview``) is timed; target < 1 s.
 """
@@ -598,6 +601,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="DuckDB threads (0: its default)")
     parser.add_argument("--layout", choices=("compacted", "arrival"), default="compacted")
     parser.add_argument("--sets", action="store_true", help="time building Python member sets")
+    parser.add_argument("--runs", type=int, default=5, help="runs per DuckDB side (best taken)")
+    parser.add_argument("--pandas-runs", type=int, default=2, help="runs per pandas form")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     duck_path = args.dir / "warehouse.duckdb"
@@ -626,17 +631,21 @@ def main() -> None:
     gc.collect()
     gc.freeze()
 
-    print(f"\n{args.users:,} users, {args.events:,} events; best of 3 runs, seconds")
+    print(
+        f"\n{args.users:,} users, {args.events:,} events; best of {args.runs} runs "
+        f"(pandas: of {args.pandas_runs}), seconds"
+    )
     print(f"layout: {args.layout}; members {'as Python sets' if args.sets else 'as returned'}")
     print(f"load average before: {load_average()}")
     print("wall (cpu) seconds; pandas-t: events frame sorted by time, windows by searchsorted")
     header = f"{'segment':45} {'members':>9} {'zhiying':>14} {'hand SQL':>14} {'ratio':>6}"
     header += f" {'planned':>6} {'ratio':>6}"
-    header += f" {'pandas':>7} {'speed-up':>8} {'pandas-t':>8} {'speed-up':>8} {'chdb':>7}"
+    header += f" {'pandas':>7} {'pandas-t':>8} {'speed-up':>8} {'hand':>6} {'chdb':>7}"
     print(header)
     ratios = []
     planned_ratios: list[float] = []
     speedups: list[float] = []
+    floor_speedups: list[float] = []
     for i, (name, rule, hand_sql) in enumerate(cases):
 
         def ours(rule: Rule = rule) -> Members:
@@ -658,10 +667,10 @@ def main() -> None:
             return out(con.sql(sql).to_arrow_table())
 
         # Interleaved (ours, hand, ours, hand, …) so that load from other work on the
-        # machine falls on both alike; best of 3 each.
+        # machine falls on both alike; best of --runs each.
         t_ours, t_hand, t_plan = Timing(), Timing(), Timing()
         results: tuple[Members, ...] = ()
-        for _ in range(3):
+        for _ in range(args.runs):
             results = (t_ours.run(ours), t_hand.run(hand), t_plan.run(planned))
         got, expected, again = (member_set(r) for r in results)
         assert got == expected == again, f"{name}: {len(got)} != {len(expected)}"
@@ -674,14 +683,20 @@ def main() -> None:
             f" {t_hand.wall:>6.3f} ({t_hand.cpu:>5.2f}) {ratio:>5.2f}x"
             f" {t_plan.wall:>6.3f} {t_plan.wall / t_hand.wall:>5.2f}x"
         )
+        pandas_walls = []
         for fns in (pandas_fns, pandas_sorted):
             if fns is not None:
-                t_pd, pd_members = best(fns[i], runs=1)
+                t_pd, pd_members = best(fns[i], runs=args.pandas_runs)
                 pd_set = member_set(pd_members)
                 assert pd_set == got, f"pandas {name}: {len(pd_set)} != {len(got)}"
-                line += f" {t_pd.wall:>7.2f} {t_pd.wall / t_ours.wall:>7.1f}x"
-                if fns is pandas_fns:
-                    speedups.append(t_pd.wall / t_ours.wall)
+                pandas_walls.append(t_pd.wall)
+                line += f" {t_pd.wall:>7.2f}" if fns is pandas_fns else f" {t_pd.wall:>8.2f}"
+        if pandas_walls:
+            # Against the faster pandas form; the hand SQL's own speed-up is the floor's.
+            fastest = min(pandas_walls)
+            speedups.append(fastest / t_ours.wall)
+            floor_speedups.append(fastest / t_hand.wall)
+            line += f" {speedups[-1]:>7.1f}x {floor_speedups[-1]:>5.1f}x"
         if ch is not None:
 
             def on_chdb(rule: Rule = rule, wh: Warehouse = ch) -> Members:
@@ -698,7 +713,11 @@ def main() -> None:
     print(f"target ≤ 1.5x the hand SQL, compile included: {within} of {len(ratios)} segments")
     if speedups:
         fast = sum(s >= 10 for s in speedups)
-        print(f"target ≥ 10x faster than pandas: {fast} of {len(speedups)} segments")
+        floor_fast = sum(s >= 10 for s in floor_speedups)
+        print(
+            f"target ≥ 10x faster than pandas (its faster form): {fast} of {len(speedups)} "
+            f"segments; the hand SQL itself: {floor_fast} of {len(floor_speedups)}"
+        )
     t_struct, _ = best(lambda: con.sql(FANS_STRUCT_SQL).to_arrow_table())
     print(
         f"bought Shiseido at least twice, hand SQL over the products structs: "
