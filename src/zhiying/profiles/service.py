@@ -156,6 +156,13 @@ def upsert_traits(conn: Connection, updates: pa.Table) -> int:
     else:
         stamps = pc.cast(stamps, pa.timestamp("us"))
     rows = latest_trait_rows(updates, stamps)
+    # In key order: the primary key's B-tree pages are then filled and updated one after
+    # the other instead of at random places (a ONE_ID is random). 640k traits of 64k
+    # people into SQLite: 2.1 s instead of 4.2 s (into an empty table, 64 MB cache);
+    # PostgreSQL's index gets the same locality, and concurrent upserts take their row
+    # locks in one order.
+    picked = updates.select(["one_id", "key"]).take(rows)
+    rows = rows.take(pc.sort_indices(picked, [("one_id", "ascending"), ("key", "ascending")]))
     chosen = updates.select(["one_id", "key", "value", "number", "message_id"]).take(rows)
     # Arrow's cast of timestamp[us] to text is ``strftime("%Y-%m-%d %H:%M:%S")``'s text
     # (seconds with six decimals) at a tenth of its cost (200k traits: 0.04 s, not 0.4 s).
