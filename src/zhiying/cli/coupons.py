@@ -1,5 +1,9 @@
 """``zhiying coupons``: templates, batch issuance with a progress bar, wallets, ledgers,
-sweeps, block lists and the risk report."""
+sweeps, block lists and the risk report.
+
+The coupon services are imported inside the commands so that the CLI starts
+without them (see ``zhiying.cli.common``).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from zhiying.cli.common import console, err_console, stores_for_cli
-from zhiying.coupons import abuse, audience, ledger, maintenance
-from zhiying.coupons import service as svc
-from zhiying.coupons.models import TemplateSpec, fmt_money
 from zhiying.errors import ValidationFailed
 
 app = typer.Typer(
@@ -29,6 +30,9 @@ def create_template(
     template_id: str | None = typer.Option(None, "--id", help="Template id (default: generated)."),
 ) -> None:
     """Create a template from a JSON spec (see docs/coupons.md)."""
+    from zhiying.coupons import service as svc
+    from zhiying.coupons.models import TemplateSpec
+
     with stores_for_cli() as stores:
         try:
             spec = TemplateSpec.model_validate_json(spec_file.read_text(encoding="utf-8"))
@@ -41,6 +45,9 @@ def create_template(
 @templates_app.command("list")
 def list_templates() -> None:
     """Templates with their counters (money in currency units)."""
+    from zhiying.coupons import service as svc
+    from zhiying.coupons.models import fmt_money
+
     with stores_for_cli() as stores:
         rows = svc.list_templates(stores.engine)
     table = Table("id", "name", "kind", "status", "issued", "redeemed", "budget used", "spent")
@@ -76,6 +83,9 @@ def issue(
 ) -> None:
     """Issue one coupon to every member of a segment, every person of a CSV or of a
     ONE_ID list, with a progress bar (also ``issue-batch``)."""
+    from zhiying.coupons import audience
+    from zhiying.coupons import service as svc
+
     if sum(x is not None for x in (csv_file, one_ids_file, segment_id)) != 1:
         raise typer.BadParameter("give exactly one of --segment, --csv or --one-ids")
     with stores_for_cli() as stores:
@@ -139,6 +149,9 @@ app.command("issue-batch")(issue)
 @app.command()
 def wallet(one_id: str) -> None:
     """A person's coupons."""
+    from zhiying.coupons import service as svc
+    from zhiying.coupons.models import fmt_money
+
     with stores_for_cli() as stores:
         rows = svc.wallet(stores.engine, one_id)
     table = Table("code", "template", "state", "face value", "valid until", "order")
@@ -157,6 +170,10 @@ def wallet(one_id: str) -> None:
 @app.command("ledger")
 def show_ledger(code: str) -> None:
     """Every transition of one coupon."""
+    from zhiying.coupons import ledger
+    from zhiying.coupons import service as svc
+    from zhiying.coupons.models import fmt_money
+
     with stores_for_cli() as stores:
         svc.get_coupon(stores.engine, code)
         with stores.engine.connect() as conn:
@@ -179,6 +196,8 @@ def show_ledger(code: str) -> None:
 @app.command()
 def sweep() -> None:
     """Release timed-out locks, expire ended coupons, export pending ledger events."""
+    from zhiying.coupons import maintenance
+
     with stores_for_cli() as stores:
         done = maintenance.sweep(stores)
     console.print(
@@ -194,6 +213,8 @@ def block(
     reason: str = typer.Option(..., help="Why (shown in the block list)."),
 ) -> None:
     """Block an identifier from claiming and redeeming (only its hash is stored)."""
+    from zhiying.coupons import abuse
+
     with stores_for_cli() as stores:
         h = abuse.block(stores.engine, kind, value, reason, stores.clock.now())
     console.print(f"blocked {kind} {h[:12]}…")
@@ -205,6 +226,8 @@ def risk_report(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Clusters of (new) accounts behind one identifier, and one-shot redeemers."""
+    from zhiying.coupons import abuse
+
     with stores_for_cli() as stores:
         report = abuse.risk_report(stores.engine, stores.clock.now(), min_accounts=min_accounts)
     if as_json:

@@ -1,18 +1,16 @@
 """``zhiying db``: store schemas (operational migrations, warehouse columns and keys) and the
-event table's compaction."""
+event table's compaction.
+
+The stores are imported inside the commands so that the CLI starts without
+them (see ``zhiying.cli.common``).
+"""
 
 from __future__ import annotations
 
 import typer
 
 from zhiying.cli.common import console, stores_for_cli
-from zhiying.config import get_settings
 from zhiying.errors import StoreBusy
-from zhiying.ingest.person_keys import backfill
-from zhiying.store import make_engine
-from zhiying.store import upgrade as upgrade_store
-from zhiying.warehouse import open_warehouse
-from zhiying.warehouse.compaction import compact_events, layout
 
 app = typer.Typer(
     help="Store schemas and upkeep (SQLite / PostgreSQL, DuckDB / ClickHouse).",
@@ -28,6 +26,12 @@ def upgrade(revision: str = typer.Argument("heads", help="Alembic revision to re
     their person keys (``zhiying serve`` and every command that opens the
     stores do the same when they start).
     """
+    from zhiying.config import get_settings
+    from zhiying.ingest.person_keys import backfill
+    from zhiying.store import make_engine
+    from zhiying.store import upgrade as upgrade_store
+    from zhiying.warehouse import open_warehouse
+
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url()
@@ -60,6 +64,8 @@ def compact(
     by itself). `zhiying serve` and `zhiying worker` do this on their own; the first
     compaction of a large warehouse takes about 3 µs per event.
     """
+    from zhiying.warehouse.compaction import compact_events, layout
+
     with stores_for_cli() as stores:
         before = layout(stores.warehouse)
         if before is None:

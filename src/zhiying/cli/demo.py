@@ -4,6 +4,9 @@ The demo always uses embedded stores (SQLite + DuckDB) in its own data
 directory, wiped at the start so ``make demo`` can run twice. It refuses to
 wipe a directory it did not create (no marker file) or one a running
 ``zhiying serve`` holds.
+
+The simulator and the stores are imported inside the functions so that the
+CLI starts without them (see ``zhiying.cli.common``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import typer
@@ -23,13 +27,10 @@ from rich.table import Table
 
 from zhiying.cli.common import console, err_console
 from zhiying.clock import ManualClock
-from zhiying.config import Settings
-from zhiying.demo.population import TIME_ZONE
-from zhiying.demo.run import DemoProgress, DemoSummary, run_demo
-from zhiying.demo.simulate import SimConfig
 from zhiying.errors import StoreBusy, ZhiyingError
-from zhiying.runtime import open_stores
-from zhiying.warehouse import open_warehouse
+
+if TYPE_CHECKING:
+    from zhiying.demo.run import DemoProgress, DemoSummary
 
 DEFAULT_DIR = Path(".zhiying/demo")
 MARKER = ".zhiying-demo"
@@ -42,6 +43,8 @@ def _fail(message: str) -> typer.Exit:
 
 def _wipe(data_dir: Path) -> bool:
     """Empty ``data_dir`` for a fresh run; returns True when an earlier run was removed."""
+    from zhiying.warehouse import open_warehouse
+
     if not data_dir.exists():
         return False
     if not data_dir.is_dir():
@@ -74,6 +77,8 @@ def _money(amount: Decimal) -> str:
 
 def print_summary(summary: DemoSummary, out: Console = console) -> None:
     """The summary as Rich tables (docs/demo.md shows them; a test keeps it current)."""
+    from zhiying.demo.population import TIME_ZONE
+
     beijing = ZoneInfo(TIME_ZONE)
     start, end = summary.period_start.astimezone(beijing), summary.period_end.astimezone(beijing)
     overview = Table(title="What Zhiying stored (SQL on the warehouse)", show_header=False)
@@ -137,6 +142,8 @@ def print_next_steps(data_dir: Path, summary: DemoSummary) -> None:
     The segment preview passes ``--at``: the simulated period ends on a fixed day
     (``simulate.DEFAULT_END``, for the product story's anomaly), and relative
     windows such as "the last 90 days" count back from ``--at``, not from today."""
+    from zhiying.demo.population import TIME_ZONE
+
     run = f"ZHIYING_DATA_DIR={data_dir} {command_name()}"
     who = f"user_id:{summary.example_user_id or 'm100001'}"
     at = summary.period_end.astimezone(ZoneInfo(TIME_ZONE)).isoformat()
@@ -162,6 +169,12 @@ def demo(
     ),
 ) -> None:
     """Simulate a cosmetics shop (app, web, mini program; 8 cities) and ingest it end to end."""
+    from zhiying.config import Settings
+    from zhiying.demo.population import TIME_ZONE
+    from zhiying.demo.run import run_demo
+    from zhiying.demo.simulate import SimConfig
+    from zhiying.runtime import open_stores
+
     if _wipe(data_dir):
         console.print(f"wiped the previous demo in {data_dir}", soft_wrap=True, markup=False)
     data_dir.mkdir(parents=True, exist_ok=True)

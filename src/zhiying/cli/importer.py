@@ -1,9 +1,15 @@
-"""``zhiying import``: bulk import of events, users and orders from files (docs/import.md)."""
+"""``zhiying import``: bulk import of events, users and orders from files (docs/import.md).
+
+The import machinery (pyarrow, pandas, DuckDB…) is imported inside the commands
+so that the CLI starts without it (see ``zhiying.cli.common``). Typer reads the
+option types and defaults when it builds the commands: they come from the light
+``zhiying.ingest.formats``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import Progress as RichProgress
@@ -11,11 +17,13 @@ from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from zhiying.cli.common import console, stores_for_cli
-from zhiying.ingest.bulk import DEFAULT_CHUNK_SIZE, ImportReport, Progress, import_file
-from zhiying.ingest.dead_letters import restore_dead_letters
-from zhiying.ingest.mapping import FileFormat, ImportKind, Mapping, load_mapping
-from zhiying.ingest.spool import dead_letter_files
-from zhiying.ingest.writer import spool_directory
+from zhiying.ingest.formats import DEFAULT_CHUNK_SIZE, FileFormat
+
+if TYPE_CHECKING:
+    from zhiying.ingest.bulk import ImportReport, Progress
+    from zhiying.ingest.formats import ImportKind
+    from zhiying.ingest.mapping import Mapping
+
 
 app = typer.Typer(
     help="Bulk import from CSV, whitespace-separated text, Parquet or JSONL files.",
@@ -59,6 +67,9 @@ def _run(
     rejects: Path | None,
     chunk_size: int,
 ) -> None:
+    from zhiying.ingest.bulk import import_file
+    from zhiying.ingest.mapping import load_mapping
+
     mapping: Mapping | None = None
     with stores_for_cli() as stores:
         if mapping_path is not None:
@@ -167,6 +178,10 @@ def dead_letters(
     """Events the server set aside because a store kept refusing them (docs/ingestion.md,
     "Poison rows"): store them again once the cause is fixed. Stop the server first
     (it holds the warehouse); rows stored since are skipped by messageId."""
+    from zhiying.ingest.dead_letters import restore_dead_letters
+    from zhiying.ingest.spool import dead_letter_files
+    from zhiying.ingest.writer import spool_directory
+
     with stores_for_cli() as stores:
         if not files:
             spool = spool_directory(stores)

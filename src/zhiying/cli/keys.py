@@ -1,4 +1,8 @@
-"""``zhiying keys``: create, list and revoke API keys."""
+"""``zhiying keys``: create, list and revoke API keys.
+
+The key service is imported inside the commands so that the CLI starts without
+it (see ``zhiying.cli.common``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import typer
 from rich.table import Table
 
 from zhiying.cli.common import console, stores_for_cli
-from zhiying.keys.service import create_key, list_keys, revoke_key
 
 app = typer.Typer(help="API keys: write keys ingest, admin keys manage.", no_args_is_help=True)
 
@@ -18,6 +21,8 @@ def create(
     name: str = typer.Option("", help="A label to recognise the key by."),
 ) -> None:
     """Create a key and print it once (only its hash is stored)."""
+    from zhiying.keys.service import create_key
+
     if write == admin:
         raise typer.BadParameter("give exactly one of --write or --admin")
     with stores_for_cli() as stores:
@@ -28,6 +33,8 @@ def create(
 @app.command("list")
 def list_() -> None:
     """List keys (ids and kinds, never the keys themselves)."""
+    from zhiying.keys.service import list_keys
+
     with stores_for_cli() as stores:
         rows = list_keys(stores.engine)
     table = Table("key id", "kind", "name", "created", "revoked")
@@ -45,6 +52,8 @@ def list_() -> None:
 @app.command()
 def revoke(key_id: str) -> None:
     """Revoke a key by its id."""
+    from zhiying.keys.service import revoke_key
+
     with stores_for_cli() as stores:
         ok = revoke_key(stores.engine, key_id, stores.clock.now())
     if not ok:

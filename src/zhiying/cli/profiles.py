@@ -4,6 +4,9 @@ Both read the warehouse. While ``zhiying serve`` runs it owns the embedded
 DuckDB file; opening it here then raises ``StoreBusy`` and these commands ask
 the running server instead (``ZHIYING_API_URL`` with the admin key in
 ``ZHIYING_API_KEY``), or say what to do when no key is set.
+
+The profile service and the stores are imported inside the functions so that
+the CLI starts without them (see ``zhiying.cli.common``).
 """
 
 from __future__ import annotations
@@ -13,16 +16,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
 from zhiying.cli.common import console, err_console
-from zhiying.config import Settings, get_settings
 from zhiying.errors import StoreBusy, ZhiyingError
-from zhiying.profiles import service
-from zhiying.runtime import Stores, open_stores
+
+if TYPE_CHECKING:
+    from zhiying.config import Settings
+    from zhiying.runtime import Stores
 
 profile_app = typer.Typer(
     help="People (ONE_IDs): identifiers, traits, activity.", no_args_is_help=True
@@ -65,6 +69,9 @@ def _remote(settings: Settings, path: str, busy: StoreBusy) -> dict[str, Any]:
 
 def _fetch(path: str, local: Callable[[Stores], dict[str, Any]]) -> dict[str, Any]:
     """Answer from the local stores, or from the running server when it holds them."""
+    from zhiying.config import get_settings
+    from zhiying.runtime import open_stores
+
     settings = get_settings()
     try:
         stores = open_stores(settings)
@@ -121,6 +128,8 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
     """Show a person: identifiers, current traits, event counts, first/last seen."""
+    from zhiying.profiles import service
+
     profile = _fetch(
         f"/api/profiles/{urllib.parse.quote(ref, safe='')}",
         lambda stores: service.get_profile(stores, ref).as_dict(),
@@ -136,6 +145,8 @@ def count(
     event: str | None = typer.Option(None, "--event", help="Only track events of this name."),
 ) -> None:
     """Count the events stored in the warehouse."""
+    from zhiying.profiles import service
+
     query = "" if event is None else "?" + urllib.parse.urlencode({"event": event})
     result = _fetch(
         f"/api/events/count{query}",

@@ -5,6 +5,9 @@ RULE.json is a rule, or a document ``{"name", "description", "rule"}`` as in
 instant relative windows end at, so a count is reproducible. ``count`` and
 ``preview`` ask the running ``zhiying serve`` when it holds the embedded
 warehouse; the other commands say so and stop.
+
+The segment service and compiler (ibis, pandas, DuckDB…) are imported inside
+the functions so that the CLI starts without them (see ``zhiying.cli.common``).
 """
 
 from __future__ import annotations
@@ -14,27 +17,17 @@ import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import typer
 from rich.table import Table
 
 from zhiying.cli.common import console, err_console, stores_for_cli
-from zhiying.config import get_settings
 from zhiying.errors import StoreBusy, ZhiyingError
-from zhiying.runtime import open_stores
-from zhiying.segments import service
-from zhiying.segments.compiler import DIALECTS, compile_rule
-from zhiying.segments.models import (
-    PreviewResult,
-    Rule,
-    SegmentCreate,
-    SegmentUpdate,
-    parse_rule,
-    parse_rule_document,
-    rule_json,
-)
+
+if TYPE_CHECKING:
+    from zhiying.segments.models import PreviewResult, Rule
 
 app = typer.Typer(help="Segments: rules that select people.", no_args_is_help=True)
 
@@ -42,6 +35,11 @@ app = typer.Typer(help="Segments: rules that select people.", no_args_is_help=Tr
 def _preview_here_or_there(rule: Rule, at: datetime | None, sample: int) -> PreviewResult:
     """Preview with the local stores, or through the running server when it holds
     the embedded warehouse (``ZHIYING_API_URL`` + admin key in ``ZHIYING_API_KEY``)."""
+    from zhiying.config import get_settings
+    from zhiying.runtime import open_stores
+    from zhiying.segments import service
+    from zhiying.segments.models import PreviewResult, rule_json
+
     settings = get_settings()
     try:
         stores = open_stores(settings)
@@ -93,6 +91,8 @@ AtOption = typer.Option(None, "--at", help="Evaluate as of this instant (default
 
 
 def _read(path: Path) -> tuple[Rule, dict[str, Any]]:
+    from zhiying.segments.models import parse_rule, parse_rule_document
+
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -126,6 +126,9 @@ def sql(
     at: str | None = AtOption,
 ) -> None:
     """Print the SQL a rule compiles to (no warehouse needed unless it refers to segments)."""
+    from zhiying.segments import service
+    from zhiying.segments.compiler import DIALECTS, compile_rule
+
     if dialect not in DIALECTS:
         raise typer.BadParameter(f"choose one of {', '.join(DIALECTS)}", param_hint="--dialect")
     when = _at(at) or datetime.now(UTC)
@@ -179,6 +182,9 @@ def create(
     ),
 ) -> None:
     """Store a segment from RULE.json."""
+    from zhiying.segments import service
+    from zhiying.segments.models import SegmentCreate
+
     try:
         rule, meta = _read(rule_file)
         data = SegmentCreate(
@@ -197,6 +203,8 @@ def create(
 @app.command("list")
 def list_() -> None:
     """List segments with their last snapshot."""
+    from zhiying.segments import service
+
     with stores_for_cli() as stores:
         segs = service.list_segments(stores)
         last = service.last_snapshots(stores)
@@ -217,6 +225,9 @@ def list_() -> None:
 @app.command()
 def show(segment_id: str) -> None:
     """Print a segment as JSON."""
+    from zhiying.segments import service
+    from zhiying.segments.models import rule_json
+
     with stores_for_cli() as stores:
         s = service.get_segment(stores, segment_id)
     doc = {
@@ -238,6 +249,9 @@ def update(
     refresh_every: int | None = typer.Option(None, "--refresh-every"),
 ) -> None:
     """Change a segment's rule, name or refresh interval."""
+    from zhiying.segments import service
+    from zhiying.segments.models import SegmentUpdate
+
     fields: dict[str, Any] = {}
     try:
         if rule_file is not None:
@@ -257,6 +271,8 @@ def update(
 @app.command()
 def delete(segment_id: str) -> None:
     """Delete a segment with its snapshots."""
+    from zhiying.segments import service
+
     with stores_for_cli() as stores:
         service.delete_segment(stores, segment_id)
     print(f"deleted {segment_id}")
@@ -269,6 +285,8 @@ def materialise(
     at: str | None = AtOption,
 ) -> None:
     """Snapshot a segment's members (entered/exited people become events)."""
+    from zhiying.segments import service
+
     if (segment_id is None) == (not due):
         raise typer.BadParameter("give a SEGMENT_ID or --due")
     with stores_for_cli() as stores:
@@ -298,6 +316,8 @@ def export(
     at: str | None = AtOption,
 ) -> None:
     """Write the members (one_id, segment_id, as_of) as CSV or Parquet."""
+    from zhiying.segments import service
+
     if fmt not in ("csv", "parquet"):
         raise typer.BadParameter("csv or parquet", param_hint="--format")
     with stores_for_cli() as stores:

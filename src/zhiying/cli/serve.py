@@ -1,15 +1,16 @@
-"""``zhiying serve``: the API and the worker (scheduled jobs) in one process."""
+"""``zhiying serve``: the API and the worker (scheduled jobs) in one process.
+
+uvicorn, the API and the worker are imported inside the command so that the
+CLI starts without them (see ``zhiying.cli.common``).
+"""
 
 from __future__ import annotations
 
 import logging
 
 import typer
-import uvicorn
 
-from zhiying.api.app import create_app
 from zhiying.cli.common import stores_for_cli
-from zhiying.worker.loop import Worker, WorkerThread
 
 
 def serve(
@@ -22,6 +23,11 @@ def serve(
     worker_poll: float = typer.Option(15.0, min=0.1, help="Seconds between worker ticks."),
 ) -> None:
     """Apply migrations, open the stores and serve HTTP until interrupted."""
+    import uvicorn
+
+    from zhiying.api.app import create_app
+    from zhiying.worker.loop import Worker, WorkerThread
+
     with stores_for_cli() as stores:
         app = create_app(stores)
         # Access logs carry no keys: Basic credentials travel in headers, which

@@ -1,4 +1,8 @@
-"""``zhiying tags`` and ``zhiying layers``: define and refresh tags, compute and compare layers."""
+"""``zhiying tags`` and ``zhiying layers``: define and refresh tags, compute and compare layers.
+
+The tag and layer services (pandas, DuckDB…) are imported inside the functions
+so that the CLI starts without them (see ``zhiying.cli.common``).
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,6 @@ from rich.table import Table
 
 from zhiying.cli.common import console, stores_for_cli
 from zhiying.errors import ValidationFailed
-from zhiying.profiles.layers import service as layers_service
-from zhiying.profiles.layers.models import LAYER_NAMES, parse_as_of
-from zhiying.profiles.tags import service as tags_service
 
 tags_app = typer.Typer(help="Tags: static, semi-static and dynamic.", no_args_is_help=True)
 layers_app = typer.Typer(
@@ -25,6 +26,8 @@ layers_app = typer.Typer(
 
 
 def _as_of(text: str | None, option: str = "--as-of") -> datetime | None:
+    from zhiying.profiles.layers.models import parse_as_of
+
     if text is None:
         return None
     try:
@@ -58,6 +61,8 @@ def read_definitions(path: Path) -> list[Any]:
 @tags_app.command("define")
 def define(file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True)) -> None:
     """Create or replace the tag definitions in FILE (JSON or TOML)."""
+    from zhiying.profiles.tags import service as tags_service
+
     try:
         raw = read_definitions(file)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -75,6 +80,8 @@ def define(file: Path = typer.Argument(..., exists=True, dir_okay=False, readabl
 @tags_app.command("list")
 def list_() -> None:
     """List tag definitions and when each was last refreshed."""
+    from zhiying.profiles.tags import service as tags_service
+
     with stores_for_cli() as stores:
         records = tags_service.list_tags(stores)
     table = Table("name", "kind", "refresh", "last as of", "description")
@@ -97,6 +104,8 @@ def refresh(
     due: bool = typer.Option(False, "--due", help="Only the tags whose schedule says so."),
 ) -> None:
     """Recompute tags for every person in one warehouse pass."""
+    from zhiying.profiles.tags import service as tags_service
+
     at = _as_of(as_of)
     with stores_for_cli() as stores, _progress() as bar:
         task = bar.add_task("starting", total=3)
@@ -120,6 +129,8 @@ def refresh(
 @tags_app.command("fold-history")
 def fold_history() -> None:
     """Copy the values earlier refreshes replaced (DuckDB segments) into tag_history."""
+    from zhiying.profiles.tags import service as tags_service
+
     with stores_for_cli() as stores:
         folded = tags_service.fold_history(stores)
     console.print(f"folded {folded} history segments into tag_history")
@@ -129,6 +140,8 @@ def fold_history() -> None:
 
 
 def _check_layer(name: str) -> str:
+    from zhiying.profiles.layers.models import LAYER_NAMES
+
     if name not in LAYER_NAMES:
         raise typer.BadParameter(f"layers are {', '.join(LAYER_NAMES)}", param_hint="--layer")
     return name
@@ -140,6 +153,9 @@ def compute(
     layer: list[str] | None = typer.Option(None, "--layer", help="Only these (repeatable)."),
 ) -> None:
     """Classify every customer as of a date and print each layer's distribution."""
+    from zhiying.profiles.layers import service as layers_service
+    from zhiying.profiles.layers.models import LAYER_NAMES
+
     at = _as_of(as_of)
     names = [_check_layer(n) for n in layer] if layer else None
     with stores_for_cli() as stores, _progress() as bar:
@@ -168,6 +184,8 @@ def distribution(
     as_of: str = typer.Option(..., "--as-of"),
 ) -> None:
     """Customers per value of a computed layer."""
+    from zhiying.profiles.layers import service as layers_service
+
     at = _as_of(as_of)
     assert at is not None
     with stores_for_cli() as stores:
@@ -185,6 +203,8 @@ def migration(
     ),
 ) -> None:
     """Migration matrix: customers by value at --from (rows) and at --to (columns)."""
+    from zhiying.profiles.layers import service as layers_service
+
     start, end = _as_of(from_, "--from"), _as_of(to, "--to")
     assert start is not None and end is not None
     name = _check_layer(layer)

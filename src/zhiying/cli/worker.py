@@ -1,16 +1,23 @@
-"""``zhiying worker``: run the scheduled jobs (segments, tags, coupon sweeps) in this process."""
+"""``zhiying worker``: run the scheduled jobs (segments, tags, coupon sweeps) in this process.
+
+The worker loop is imported inside the command so that the CLI starts without
+it (see ``zhiying.cli.common``).
+"""
 
 from __future__ import annotations
 
 import signal
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from zhiying.cli.common import console, stores_for_cli
-from zhiying.worker.loop import JobRun, Worker
+
+if TYPE_CHECKING:
+    from zhiying.worker.loop import JobRun
 
 
 def worker(
@@ -23,6 +30,8 @@ def worker(
     a worker of its own (a ClickHouse warehouse) or with --once from cron. An
     embedded DuckDB warehouse admits one process: stop `serve` first.
     """
+    from zhiying.worker.loop import Worker
+
     with stores_for_cli() as stores:
         loop = Worker(stores)
         if once:

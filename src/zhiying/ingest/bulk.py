@@ -56,7 +56,8 @@ from zhiying.ingest.bulk_sql import (
     segment_parts_sql,
     source_sql,
 )
-from zhiying.ingest.mapping import FileFormat, ImportKind, Mapping, guess_format
+from zhiying.ingest.formats import DEFAULT_CHUNK_SIZE, FileFormat, ImportKind
+from zhiying.ingest.mapping import Mapping, guess_format
 from zhiying.ingest.person_keys import key_resolution, person_keys
 from zhiying.ingest.pipeline import (
     ImportBatch,
@@ -69,7 +70,6 @@ from zhiying.runtime import Stores
 from zhiying.warehouse.events import DedupMark, hold_event_writer, unseen_rows_hashed
 from zhiying.warehouse.schema import EVENTS
 
-DEFAULT_CHUNK_SIZE = 1_000_000
 STORE_BATCH = 1_000_000
 """Rows per ``store_events`` call (each its own transaction) once identities are resolved.
 

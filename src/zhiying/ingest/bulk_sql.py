@@ -22,9 +22,8 @@ from pathlib import Path
 
 from zhiying.errors import ValidationFailed
 from zhiying.ingest.bulk_rules import PARTS, ident, lit
+from zhiying.ingest.formats import FileFormat, ImportKind
 from zhiying.ingest.mapping import (
-    FileFormat,
-    ImportKind,
     LineItemSpec,
     Mapping,
     ProductsColumn,

@@ -24,9 +24,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 
 from zhiying.errors import ValidationFailed
 from zhiying.identity.identifiers import ANONYMOUS_ID, BUILT_IN_KINDS, CUSTOM_KIND, USER_ID
+from zhiying.ingest.formats import FileFormat, ImportKind
 
-ImportKind = Literal["events", "users", "orders"]
-FileFormat = Literal["csv", "jsonl", "parquet", "whitespace"]
 ValueType = Literal["string", "integer", "number", "decimal", "boolean", "timestamp", "json"]
 
 ROW_NUMBER_NAME = "$row"
