@@ -47,11 +47,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server.create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
-@pytest.fixture(params=["duckdb", pytest.param("chdb", marks=pytest.mark.chdb)])
+@pytest.fixture(
+    params=[
+        "duckdb",
+        pytest.param("chdb", marks=pytest.mark.chdb),
+        pytest.param("clickhouse-connect", marks=pytest.mark.chdb),
+    ]
+)
 def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """DuckDB; chdb; and the ClickHouse server adapter's clickhouse-connect client on its
+    embedded chDB backend (no ClickHouse server can run here)."""
     if request.param == "duckdb":
         return f"duckdb://{tmp_path / 'wh.duckdb'}"
-    return f"chdb://{tmp_path / 'chdb'}"
+    if request.param == "chdb":
+        return f"chdb://{tmp_path / 'chdb'}"
+    return f"clickhouse+chdb://{tmp_path / 'cc-chdb'}"
 
 
 @pytest.fixture

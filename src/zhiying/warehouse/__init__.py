@@ -2,7 +2,9 @@
 
 ``open_warehouse(url)`` picks the engine from the URL:
 ``duckdb://PATH`` (default), ``chdb://PATH`` (ClickHouse in-process) or
-``clickhouse://[user:password@]host:port/db`` (a ClickHouse server).
+``clickhouse://[user:password@]host:port/db`` (a ClickHouse server; ``clickhouses://``
+over HTTPS, port 8443 by default). ``clickhouse+chdb://PATH`` runs the server adapter's
+clickhouse-connect client on its embedded chDB backend: how the tests exercise it.
 """
 
 from __future__ import annotations
@@ -37,16 +39,23 @@ def open_warehouse(url: str, *, read_only: bool = False, create: bool = True) ->
     elif parsed.scheme in ("clickhouse", "clickhouses"):
         from zhiying.warehouse.clickhouse_engine import ClickHouseWarehouse
 
+        secure = parsed.scheme == "clickhouses"
         warehouse = ClickHouseWarehouse.server(
             parsed.hostname or "localhost",
-            parsed.port or 8123,
+            parsed.port or (8443 if secure else 8123),
             parsed.path.lstrip("/") or "zhiying",
             unquote(parsed.username or "default"),
             unquote(parsed.password or ""),
+            secure=secure,
         )
+    elif parsed.scheme == "clickhouse+chdb":
+        from zhiying.warehouse.clickhouse_engine import ClickHouseWarehouse
+
+        warehouse = ClickHouseWarehouse.client_on_chdb(url.removeprefix("clickhouse+chdb://"))
     else:
         raise ValueError(
-            f"warehouse_url: unknown scheme {parsed.scheme!r}; use duckdb://, chdb:// or clickhouse://"
+            f"warehouse_url: unknown scheme {parsed.scheme!r}; use duckdb://, chdb:// or "
+            "clickhouse:// (clickhouses:// for HTTPS)"
         )
     if create and not read_only:
         ensure_tables(warehouse)

@@ -1,7 +1,9 @@
 """ClickHouse adapters: chdb (ClickHouse's engine in-process) and a server via clickhouse-connect.
 
 Both speak the same SQL, so one class holds the logic and two small runners
-differ only in how a statement reaches the engine.
+differ only in how a statement reaches the engine. No ClickHouse server runs on
+the development machine (Debian ships 18.16), so the tests run the server runner's
+client code on clickhouse-connect's embedded chDB backend (``clickhouse+chdb://``).
 """
 
 from __future__ import annotations
@@ -62,28 +64,33 @@ class _ChdbRunner:
 
 
 class _ServerRunner:
-    def __init__(self, host: str, port: int, database: str, username: str, password: str) -> None:
+    """Statements through clickhouse-connect's client: over HTTP to a server, or (for
+    the tests, ``clickhouse+chdb://``) to its embedded chDB backend, the same client code.
+
+    The client keeps a session (the staging table of :meth:`insert_select` is a
+    temporary table, which lives in one), and a client with a session is not safe
+    across threads: ClickHouse refuses two queries at once in one session. The
+    server's loader, its API handlers and the worker share this warehouse, so every
+    statement takes the lock."""
+
+    def __init__(self, database: str, **connect: Any) -> None:
         import clickhouse_connect
 
-        admin = clickhouse_connect.get_client(
-            host=host, port=port, username=username, password=password
-        )
+        admin = clickhouse_connect.get_client(**connect)
         admin.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
         admin.close()
         self._client = clickhouse_connect.get_client(
-            host=host,
-            port=port,
-            username=username,
-            password=password,
-            database=database,
-            settings={"join_use_nulls": 1},
+            **connect, database=database, settings={"join_use_nulls": 1}
         )
+        self._lock = threading.Lock()
 
     def command(self, sql: str) -> None:
-        self._client.command(sql)
+        with self._lock:
+            self._client.command(sql)
 
     def arrow(self, sql: str) -> pa.Table:
-        result = self._client.query_arrow(sql)
+        with self._lock:
+            result = self._client.query_arrow(sql)
         assert isinstance(result, pa.Table)
         return result
 
@@ -92,17 +99,21 @@ class _ServerRunner:
         # shaped like the target's columns, then insert from it in one statement.
         stage = "__zhiying_stage"
         cols = ", ".join(f"`{name}`" for name in data.column_names)
-        self._client.command(f"DROP TEMPORARY TABLE IF EXISTS {stage}")
-        self._client.command(
-            f"CREATE TEMPORARY TABLE {stage} ENGINE = Memory "
-            f"AS SELECT {cols} FROM `{table}` WHERE 0"
-        )
-        self._client.insert_arrow(stage, data)
-        self._client.command(sql_with_batch.replace("__batch", stage))
-        self._client.command(f"DROP TEMPORARY TABLE IF EXISTS {stage}")
+        with self._lock:
+            self._client.command(f"DROP TEMPORARY TABLE IF EXISTS {stage}")
+            self._client.command(
+                f"CREATE TEMPORARY TABLE {stage} ENGINE = Memory "
+                f"AS SELECT {cols} FROM `{table}` WHERE 0"
+            )
+            try:
+                self._client.insert_arrow(stage, data)
+                self._client.command(sql_with_batch.replace("__batch", stage))
+            finally:
+                self._client.command(f"DROP TEMPORARY TABLE IF EXISTS {stage}")
 
     def close(self) -> None:
-        self._client.close()
+        with self._lock:
+            self._client.close()
 
 
 class ClickHouseWarehouse:
@@ -118,12 +129,30 @@ class ClickHouseWarehouse:
 
     @classmethod
     def server(
-        cls, host: str, port: int, database: str, username: str = "default", password: str = ""
+        cls,
+        host: str,
+        port: int,
+        database: str,
+        username: str = "default",
+        password: str = "",
+        *,
+        secure: bool = False,
     ) -> ClickHouseWarehouse:
-        return cls(
-            f"clickhouse://{host}:{port}/{database}",
-            _ServerRunner(host, port, database, username, password),
+        """A ClickHouse server over HTTP, or HTTPS when ``secure``."""
+        scheme = "clickhouses" if secure else "clickhouse"
+        runner = _ServerRunner(
+            database, host=host, port=port, username=username, password=password, secure=secure
         )
+        return cls(f"{scheme}://{host}:{port}/{database}", runner)
+
+    @classmethod
+    def client_on_chdb(cls, path: str, database: str = "zhiying") -> ClickHouseWarehouse:
+        """clickhouse-connect's client on its embedded chDB backend: the statements,
+        staging and Arrow transfers of :meth:`server` without a server (tests; one
+        chDB engine per process, as for :meth:`chdb`)."""
+        Path(path).mkdir(parents=True, exist_ok=True)
+        runner = _ServerRunner(database, interface="chdb", path=path)
+        return cls(f"clickhouse+chdb://{path}", runner)
 
     def execute(self, sql: str) -> None:
         try:
