@@ -14,7 +14,6 @@ import pyarrow as pa
 import pytest
 
 from zhiying.warehouse import open_warehouse
-from zhiying.warehouse.clickhouse_engine import ClickHouseWarehouse
 
 pytestmark = pytest.mark.chdb
 
@@ -59,25 +58,17 @@ def test_threads_sharing_the_adapter_store_and_read_every_row(tmp_path: Path) ->
 
 def test_clickhouses_urls_ask_for_tls_on_port_8443(monkeypatch: pytest.MonkeyPatch) -> None:
     """``clickhouses://`` must reach the server over HTTPS (it used to connect in plain
-    HTTP on 8123); ``clickhouse://`` stays HTTP on 8123."""
+    HTTP on 8123); ``clickhouse://`` stays HTTP on 8123. Checked where the URL's parts
+    reach clickhouse-connect's ``get_client``."""
+    import clickhouse_connect
+
     seen: list[dict[str, object]] = []
 
-    def fake_server(
-        cls: type[ClickHouseWarehouse],
-        host: str,
-        port: int,
-        database: str,
-        username: str = "default",
-        password: str = "",
-        *,
-        secure: bool = False,
-    ) -> ClickHouseWarehouse:
-        seen.append(
-            {"host": host, "port": port, "database": database, "user": username, "secure": secure}
-        )
+    def record(**connect: object) -> None:
+        seen.append(connect)
         raise RuntimeError("stop before connecting")
 
-    monkeypatch.setattr(ClickHouseWarehouse, "server", classmethod(fake_server))
+    monkeypatch.setattr(clickhouse_connect, "get_client", record)
     for url in (
         "clickhouses://u:p%40ss@ch.example/zy",
         "clickhouse://ch.example/zy",
@@ -85,8 +76,9 @@ def test_clickhouses_urls_ask_for_tls_on_port_8443(monkeypatch: pytest.MonkeyPat
     ):
         with pytest.raises(RuntimeError):
             open_warehouse(url)
+    default = {"username": "default", "password": ""}
     assert seen == [
-        {"host": "ch.example", "port": 8443, "database": "zy", "user": "u", "secure": True},
-        {"host": "ch.example", "port": 8123, "database": "zy", "user": "default", "secure": False},
-        {"host": "ch.example", "port": 9440, "database": "zy", "user": "default", "secure": True},
+        {"host": "ch.example", "port": 8443, "username": "u", "password": "p@ss", "secure": True},
+        {"host": "ch.example", "port": 8123, **default, "secure": False},
+        {"host": "ch.example", "port": 9440, **default, "secure": True},
     ]
